@@ -1,0 +1,28 @@
+# Shared Cython declarations: the active kernel table and the Linear layer used by _core.
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
+from llmrt._kernels.kernels cimport lr_kernels, lr_qmat, lr_qact, lr_attn_args
+
+cdef const lr_kernels *active_kernels() noexcept nogil
+
+cdef enum:
+    KIND_F32 = 0
+    KIND_F16 = 1
+    KIND_QUANT = 2
+
+cdef enum:
+    COMPUTE_INT8 = 0
+    COMPUTE_FP32 = 1
+    COMPUTE_BF16 = 2
+
+cdef class Linear:
+    cdef readonly int64_t n
+    cdef readonly int64_t k
+    cdef int ikind
+    cdef int icompute
+    cdef lr_qmat q
+    cdef const float *w32
+    cdef const uint16_t *w16
+    cdef const float *bias_ptr
+    cdef readonly dict arrays
+    cdef void apply(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy,
+                    int8_t *aq, float *ad, int32_t *asum) noexcept nogil

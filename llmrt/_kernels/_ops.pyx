@@ -1,0 +1,299 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Kernel tiers, thread control and the Linear layer (Python boundary of the C kernels).
+
+Everything that crosses into C is validated here: dtypes, contiguity, shapes, group sizes.
+"""
+import os
+
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
+
+from llmrt._kernels.kernels cimport (
+    LR_QK, LR_N_TIERS, lr_kernels, lr_qmat, lr_qact, lr_attn_args,
+    lr_tier_name, lr_tier_compiled, lr_tier_supported, lr_best_tier, lr_tier_kernels,
+    lr_set_threads, lr_get_threads, lr_openmp_enabled,
+)
+
+cnp.import_array()
+
+QK = LR_QK
+TIER_NAMES = tuple(lr_tier_name(t).decode() for t in range(LR_N_TIERS))
+COMPUTE_DTYPES = {"int8": COMPUTE_INT8, "fp32": COMPUTE_FP32, "bf16": COMPUTE_BF16}
+
+cdef const lr_kernels *_active = NULL
+cdef int _active_tier = 0
+
+
+cdef const lr_kernels *active_kernels() noexcept nogil:
+    return _active
+
+
+def compiled_tiers():
+    """Names of the ISA tiers built into this installation."""
+    return [TIER_NAMES[t] for t in range(LR_N_TIERS) if lr_tier_compiled(t)]
+
+
+def supported_tiers():
+    """Names of the compiled tiers this CPU and OS can run."""
+    return [TIER_NAMES[t] for t in range(LR_N_TIERS) if lr_tier_compiled(t) and lr_tier_supported(t)]
+
+
+def best_tier():
+    return TIER_NAMES[lr_best_tier()]
+
+
+def current_tier():
+    """Name of the tier every kernel call uses now."""
+    return TIER_NAMES[_active_tier]
+
+
+def set_isa(name=None):
+    """Select the kernel tier by name; None (or "auto") picks the best one this CPU runs."""
+    global _active, _active_tier
+    if name is None or name == "auto":
+        tier = lr_best_tier()
+    else:
+        if name not in TIER_NAMES:
+            raise ValueError(f"unknown ISA tier {name!r}; choose one of {', '.join(TIER_NAMES)} or 'auto'")
+        tier = TIER_NAMES.index(name)
+        if not lr_tier_compiled(tier):
+            raise RuntimeError(f"ISA tier {name!r} is not compiled into this build of llmrt "
+                               f"(compiled: {', '.join(compiled_tiers())})")
+        if not lr_tier_supported(tier):
+            raise RuntimeError(f"this CPU cannot run ISA tier {name!r} "
+                               f"(it supports: {', '.join(supported_tiers())}); unset LLMRT_ISA or pick one of those")
+    _active = lr_tier_kernels(tier)
+    _active_tier = tier
+    return TIER_NAMES[tier]
+
+
+def set_num_threads(int n):
+    """Threads used by the kernels (OpenMP)."""
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    lr_set_threads(n)
+
+
+def get_num_threads():
+    return lr_get_threads()
+
+
+def openmp_enabled():
+    return bool(lr_openmp_enabled())
+
+
+set_isa(os.environ.get("LLMRT_ISA") or None)
+
+
+# ---------------------------------------------------------------- validation helpers
+def _c_array(a, dtype, name, ndim):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a
+
+
+def _rows_f32(x, int64_t k, name="x"):
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != k:
+        raise ValueError(f"{name} must have shape (rows, {k}), got {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+cdef class Linear:
+    """Y = X W^T (+ bias) for one weight matrix: dense fp32/fp16 or block-quantized."""
+
+    def __cinit__(self):
+        self.arrays = {}
+        self.bias_ptr = NULL
+        self.w32 = NULL
+        self.w16 = NULL
+        self.icompute = COMPUTE_FP32
+
+    @staticmethod
+    def dense(w, bias=None):
+        """Dense weight matrix (n, k), float32 or float16."""
+        cdef Linear self = Linear()
+        cdef cnp.ndarray arr
+        if not isinstance(w, np.ndarray) or w.ndim != 2:
+            raise ValueError("a dense weight must be a 2-D NumPy array")
+        if w.dtype == np.float16:
+            arr = np.ascontiguousarray(w)
+            self.ikind = KIND_F16
+            self.w16 = <const uint16_t *> cnp.PyArray_DATA(arr)
+        else:
+            arr = np.ascontiguousarray(w, dtype=np.float32)
+            self.ikind = KIND_F32
+            self.w32 = <const float *> cnp.PyArray_DATA(arr)
+        self.n, self.k = arr.shape[0], arr.shape[1]
+        self.arrays["w"] = arr
+        self._set_bias(bias)
+        return self
+
+    @staticmethod
+    def quantized(qs, d, m, int bits, int group, bias=None, compute="int8"):
+        """Quantized matrix in the kernel layout (see kernels.h): qs (n, k*bits/8) uint8,
+        d and m (n, k/group) float32 (m may be None)."""
+        cdef Linear self = Linear()
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {bits}")
+        if compute not in COMPUTE_DTYPES:
+            raise ValueError(f"compute dtype must be one of {sorted(COMPUTE_DTYPES)}, got {compute!r}")
+        qs = _c_array(qs, np.uint8, "qs", 2)
+        d = _c_array(d, np.float32, "d", 2)
+        cdef int64_t n = qs.shape[0]
+        cdef int64_t k = qs.shape[1] * 8 // bits
+        if group <= 0 or group % QK or k % group:
+            raise ValueError(f"group size {group} must be a positive multiple of {QK} dividing k={k}")
+        if d.shape != (n, k // group):
+            raise ValueError(f"scales must have shape {(n, k // group)}, got {d.shape}")
+        if m is not None:
+            m = _c_array(m, np.float32, "m", 2)
+            if m.shape != d.shape:
+                raise ValueError(f"offsets must have shape {d.shape}, got {m.shape}")
+        self.ikind = KIND_QUANT
+        self.icompute = COMPUTE_DTYPES[compute]
+        self.n, self.k = n, k
+        self.q.n, self.q.k, self.q.bits, self.q.group = n, k, bits, group
+        self.q.qs = <const uint8_t *> cnp.PyArray_DATA(qs)
+        self.q.d = <const float *> cnp.PyArray_DATA(d)
+        self.q.m = <const float *> cnp.PyArray_DATA(m) if m is not None else NULL
+        self.arrays.update(qs=qs, d=d)
+        if m is not None:
+            self.arrays["m"] = m
+        self._set_bias(bias)
+        return self
+
+    def _set_bias(self, bias):
+        if bias is None:
+            return
+        b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+        if b.shape[0] != self.n:
+            raise ValueError(f"bias must have {self.n} elements, got {b.shape[0]}")
+        self.arrays["bias"] = b
+        self.bias_ptr = <const float *> cnp.PyArray_DATA(b)
+
+    @property
+    def kind(self):
+        return ("f32", "f16", f"q{self.q.bits}")[self.ikind]
+
+    @property
+    def compute(self):
+        return ("int8", "fp32", "bf16")[self.icompute] if self.ikind == KIND_QUANT else "fp32"
+
+    @property
+    def group(self):
+        return self.q.group if self.ikind == KIND_QUANT else None
+
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for a in self.arrays.values())
+
+    cdef void apply(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy,
+                    int8_t *aq, float *ad, int32_t *asum) noexcept nogil:
+        cdef lr_qact act
+        cdef int64_t r, j
+        if self.ikind == KIND_F32:
+            _active.gemm_f32(self.w32, self.n, self.k, x, ldx, rows, y, ldy)
+        elif self.ikind == KIND_F16:
+            _active.gemm_f16(self.w16, self.n, self.k, x, ldx, rows, y, ldy)
+        elif self.icompute == COMPUTE_INT8:
+            _active.quantize_act(x, ldx, rows, self.k, aq, ad, asum)
+            act.rows, act.k, act.q, act.d, act.sum = rows, self.k, aq, ad, asum
+            _active.qgemm_i8(&self.q, &act, y, ldy)
+        elif self.icompute == COMPUTE_FP32:
+            _active.qgemm_f32(&self.q, x, ldx, rows, y, ldy)
+        else:
+            _active.qgemm_bf16(&self.q, x, ldx, rows, y, ldy)
+        if self.bias_ptr != NULL:
+            for r in range(rows):
+                for j in range(self.n):
+                    y[r * ldy + j] += self.bias_ptr[j]
+
+    def __call__(self, x):
+        """Apply to rows of x: (rows, k) or (k,) float32 -> (rows, n) float32."""
+        cdef cnp.ndarray xa = _rows_f32(x, self.k)
+        cdef int64_t rows = xa.shape[0]
+        cdef cnp.ndarray y = np.empty((rows, self.n), dtype=np.float32)
+        cdef int64_t nb = (self.k + QK - 1) // QK
+        cdef cnp.ndarray aq = np.empty(max(rows * self.k, 1), dtype=np.int8)
+        cdef cnp.ndarray ad = np.empty(max(rows * nb, 1), dtype=np.float32)
+        cdef cnp.ndarray asum = np.empty(max(rows * nb, 1), dtype=np.int32)
+        if self.ikind == KIND_QUANT and self.icompute == COMPUTE_INT8 and self.k % QK:
+            raise ValueError(f"int8 compute needs k to be a multiple of {QK}")
+        with nogil:
+            self.apply(<const float *> cnp.PyArray_DATA(xa), self.k, rows,
+                       <float *> cnp.PyArray_DATA(y), self.n,
+                       <int8_t *> cnp.PyArray_DATA(aq), <float *> cnp.PyArray_DATA(ad),
+                       <int32_t *> cnp.PyArray_DATA(asum))
+        return y
+
+
+def quantize_activations(x):
+    """Per-32 int8 quantization of activation rows with the active tier: (q, d, sums)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] % QK:
+        raise ValueError(f"activations must be (rows, k) with k a multiple of {QK}, got {x.shape}")
+    cdef cnp.ndarray xa = np.ascontiguousarray(x)
+    cdef int64_t rows = xa.shape[0], k = xa.shape[1]
+    cdef cnp.ndarray q = np.empty((rows, k), dtype=np.int8)
+    cdef cnp.ndarray d = np.empty((rows, k // QK), dtype=np.float32)
+    cdef cnp.ndarray s = np.empty((rows, k // QK), dtype=np.int32)
+    with nogil:
+        _active.quantize_act(<const float *> cnp.PyArray_DATA(xa), k, rows, k,
+                             <int8_t *> cnp.PyArray_DATA(q), <float *> cnp.PyArray_DATA(d),
+                             <int32_t *> cnp.PyArray_DATA(s))
+    return q, d, s
+
+
+def attention(q, k_cache, v_cache, int64_t pos0, int n_kv_head, float scale,
+              int64_t kv_begin=0, int64_t window=0, alibi_slopes=None):
+    """Causal attention of q (n_tok, n_head, head_dim) over caches (n_kv_head, ctx, head_dim)
+    (float16 or float32) with the active tier; returns (n_tok, n_head, head_dim) float32."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    if q.ndim != 3:
+        raise ValueError("q must be (n_tok, n_head, head_dim)")
+    cdef int64_t n_tok = q.shape[0]
+    cdef int n_head = q.shape[1], hd = q.shape[2]
+    if k_cache.dtype != v_cache.dtype or k_cache.dtype not in (np.float16, np.float32):
+        raise TypeError("caches must both be float16 or both float32")
+    if k_cache.shape != v_cache.shape or k_cache.ndim != 3 or k_cache.shape[0] != n_kv_head or k_cache.shape[2] != hd:
+        raise ValueError(f"caches must be ({n_kv_head}, ctx, {hd})")
+    if n_kv_head <= 0 or n_head % n_kv_head:
+        raise ValueError("n_head must be a multiple of n_kv_head")
+    cdef int64_t ctx = k_cache.shape[1]
+    if pos0 < 0 or pos0 + n_tok > ctx or kv_begin < 0:
+        raise ValueError("positions fall outside the cache")
+    cdef cnp.ndarray kc = np.ascontiguousarray(k_cache)
+    cdef cnp.ndarray vc = np.ascontiguousarray(v_cache)
+    cdef cnp.ndarray qa = q
+    cdef cnp.ndarray out = np.empty_like(q)
+    cdef cnp.ndarray slopes
+    cdef lr_attn_args a
+    a.q = <const float *> cnp.PyArray_DATA(qa)
+    a.q_stride = n_head * hd
+    a.out = <float *> cnp.PyArray_DATA(out)
+    a.out_stride = n_head * hd
+    a.n_tok, a.pos0, a.n_head, a.n_kv_head, a.head_dim = n_tok, pos0, n_head, n_kv_head, hd
+    a.kv_f16 = 1 if kc.dtype == np.float16 else 0
+    a.k_cache = cnp.PyArray_DATA(kc)
+    a.v_cache = cnp.PyArray_DATA(vc)
+    a.ctx, a.kv_begin, a.window, a.scale = ctx, kv_begin, window, scale
+    a.alibi_slopes = NULL
+    if alibi_slopes is not None:
+        slopes_obj = np.ascontiguousarray(alibi_slopes, dtype=np.float32)
+        if slopes_obj.shape != (n_head,):
+            raise ValueError(f"alibi_slopes must have {n_head} values")
+        slopes = slopes_obj
+        a.alibi_slopes = <const float *> cnp.PyArray_DATA(slopes)
+    with nogil:
+        _active.attention(&a)
+    return out

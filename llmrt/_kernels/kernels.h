@@ -1,0 +1,159 @@
+/* llmrt kernel ABI.
+ *
+ * One table of function pointers (lr_kernels) per ISA tier.  Every tier computes the same
+ * mathematical result as the scalar reference tier (ref.c); only the summation order and
+ * rounding of ties may differ.  The Python/Cython side validates every shape and pointer
+ * before calling in here: kernels trust their arguments.
+ *
+ * Quantized weight matrices (lr_qmat) are the load-time, kernel-facing form of every block
+ * format (llmrt INT4/INT8 groups and GGUF Q4_0/Q4_1/Q8_0):
+ *   - n output rows, k inputs; k % LR_QK == 0; group % LR_QK == 0; k % group == 0.
+ *   - qs: row-major, row stride k*bits/8 bytes.
+ *       bits == 4: per 32-element sub-block 16 bytes; byte j holds element j in its low
+ *                  nibble and element j+16 in its high nibble (GGUF Q4_0 order).  Nibbles are
+ *                  unsigned u in [0, 15].
+ *       bits == 8: one signed int8 per element.
+ *   - d: n * (k/group) fp32 scales; m: n * (k/group) fp32 offsets or NULL.
+ *   - dequantized weight:  bits 4: w = d*u + m   (m == NULL: w = d*(u - 8))
+ *                          bits 8: w = d*q + m   (m == NULL: w = d*q)
+ *
+ * Quantized activations (lr_qact): rows of k floats quantized per 32-element block to int8 with
+ * d = max|x| / 127, q = round(x / d) in [-127, 127], plus the integer sum of q per block (used to
+ * apply the weight offsets m without dequantizing).
+ *
+ * Output convention for every GEMM: y[r*ldy + j] = sum_k W[j, k] * X[r, k]   (Y = X W^T).
+ */
+#ifndef LLMRT_KERNELS_H
+#define LLMRT_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LR_QK 32
+
+typedef struct lr_qmat {
+    int64_t n;          /* output rows */
+    int64_t k;          /* inputs per row */
+    int32_t bits;       /* 4 or 8 */
+    int32_t group;      /* elements sharing one (d, m); multiple of LR_QK dividing k */
+    const uint8_t *qs;  /* n * k * bits / 8 bytes */
+    const float *d;     /* n * (k / group) */
+    const float *m;     /* n * (k / group), or NULL */
+} lr_qmat;
+
+typedef struct lr_qact {
+    int64_t rows;
+    int64_t k;          /* multiple of LR_QK */
+    const int8_t *q;    /* rows * k */
+    const float *d;     /* rows * (k / LR_QK) */
+    const int32_t *sum; /* rows * (k / LR_QK) */
+} lr_qact;
+
+/* Attention over a KV cache (one sequence).
+ * q: n_tok rows of n_head*head_dim floats (row stride q_stride floats); query token t sits at
+ * absolute cache position pos0 + t and attends causally to cache positions
+ * [max(kv_begin, pos0 + t - window + 1), pos0 + t]   (window <= 0: no sliding window).
+ * Cache layout per layer: [n_kv_head][ctx][head_dim], element type fp16 (kv_f16 = 1) or fp32.
+ * Query head h uses kv head h / (n_head / n_kv_head).
+ * score = scale * q.k  (+ alibi_slopes[h] * (j - i) when alibi_slopes != NULL); softmax in fp32.
+ * out: n_tok rows of n_head*head_dim floats (row stride out_stride floats). */
+typedef struct lr_attn_args {
+    const float *q;
+    int64_t q_stride;
+    float *out;
+    int64_t out_stride;
+    int64_t n_tok;
+    int64_t pos0;
+    int32_t n_head;
+    int32_t n_kv_head;
+    int32_t head_dim;
+    int32_t kv_f16;
+    const void *k_cache;
+    const void *v_cache;
+    int64_t ctx;          /* cache capacity (positions per kv head) */
+    int64_t kv_begin;
+    int64_t window;
+    float scale;
+    const float *alibi_slopes;
+} lr_attn_args;
+
+typedef struct lr_kernels {
+    const char *name;
+
+    /* x: rows x k floats (row stride ldx floats) -> int8 blocks. */
+    void (*quantize_act)(const float *x, int64_t ldx, int64_t rows, int64_t k,
+                         int8_t *q, float *d, int32_t *sum);
+
+    /* int8 compute: Y = Xq W^T. */
+    void (*qgemm_i8)(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy);
+
+    /* fp32 compute: weights dequantized in registers, X in fp32 (row stride ldx). */
+    void (*qgemm_f32)(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows,
+                      float *y, int64_t ldy);
+
+    /* bf16 compute: X and dequantized W rounded to bf16 (nearest-even), products summed in fp32. */
+    void (*qgemm_bf16)(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows,
+                       float *y, int64_t ldy);
+
+    /* Dense weights, w: n x k row-major (fp32 or IEEE fp16 bits). */
+    void (*gemm_f32)(const float *w, int64_t n, int64_t k, const float *x, int64_t ldx,
+                     int64_t rows, float *y, int64_t ldy);
+    void (*gemm_f16)(const uint16_t *w, int64_t n, int64_t k, const float *x, int64_t ldx,
+                     int64_t rows, float *y, int64_t ldy);
+
+    void (*attention)(const lr_attn_args *args);
+} lr_kernels;
+
+/* ---- dispatch (dispatch.c) ---- */
+enum {
+    LR_TIER_REF = 0,
+    LR_TIER_AVX2 = 1,
+    LR_TIER_AVX512 = 2,
+    LR_TIER_AVX_VNNI = 3,
+    LR_TIER_AVX512_VNNI = 4,
+    LR_TIER_AMX = 5,
+    LR_N_TIERS = 6
+};
+
+/* Names in tier order: "ref", "avx2", "avx512", "avx_vnni", "avx512_vnni", "amx". */
+const char *lr_tier_name(int tier);
+/* 1 when the tier's code is compiled into this build. */
+int lr_tier_compiled(int tier);
+/* 1 when this CPU and OS can run the tier. */
+int lr_tier_supported(int tier);
+/* Best tier that is compiled and supported. */
+int lr_best_tier(void);
+/* The table of a tier, or NULL if not compiled. */
+const lr_kernels *lr_tier_kernels(int tier);
+
+/* OpenMP thread count used by every kernel (no-ops in a build without OpenMP). */
+void lr_set_threads(int n);
+int lr_get_threads(void);
+int lr_openmp_enabled(void);
+
+/* ---- per-tier tables (defined in the tier units) ---- */
+extern const lr_kernels lr_kernels_ref;
+#ifdef LR_HAVE_AVX2
+extern const lr_kernels lr_kernels_avx2;
+#endif
+#ifdef LR_HAVE_AVX512
+extern const lr_kernels lr_kernels_avx512;
+#endif
+#ifdef LR_HAVE_AVX_VNNI
+extern const lr_kernels lr_kernels_avx_vnni;
+#endif
+#ifdef LR_HAVE_AVX512_VNNI
+extern const lr_kernels lr_kernels_avx512_vnni;
+#endif
+#ifdef LR_HAVE_AMX
+extern const lr_kernels lr_kernels_amx;
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif
