@@ -1,0 +1,152 @@
+"""Model hyper-parameters (ModelConfig) and weight-only quantization options (WeightOnlyQuantConfig)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class ModelConfig:
+    """What the decoder loop needs to know about an architecture, filled by a family module."""
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    norm: str = "rms"                    # rms | layer
+    norm_eps: float = 1e-5
+    mlp: str = "gated_silu"              # gated_silu | gelu | gelu_tanh | relu | silu
+    residual: str = "sequential"         # sequential | parallel | parallel_shared_norm
+    rotary_dim: int = 0                  # features rotated per head (0: no rotary)
+    rotary_interleaved: bool = False     # GPT-J pairs (2i, 2i+1) instead of NeoX halves
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    sliding_window: int = 0
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def inv_freq(self) -> np.ndarray:
+        """Rotary inverse frequencies, with linear or llama3 scaling folded in."""
+        if self.rotary_dim == 0:
+            return np.zeros(0, np.float32)
+        idx = np.arange(0, self.rotary_dim, 2, dtype=np.int64).astype(np.float32)
+        inv = (1.0 / (self.rope_theta ** (idx / self.rotary_dim))).astype(np.float32)
+        scaling = self.rope_scaling or {}
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+        if kind in (None, "default"):
+            return inv
+        if kind == "linear":
+            return (inv / float(scaling["factor"])).astype(np.float32)
+        if kind == "llama3":
+            return _llama3_inv_freq(inv, scaling)
+        raise NotImplementedError(f"rope_scaling type {kind!r} is not supported yet (supported: linear, llama3)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _llama3_inv_freq(inv: np.ndarray, s: dict) -> np.ndarray:
+    factor = float(s["factor"])
+    low = float(s.get("low_freq_factor", 1.0))
+    high = float(s.get("high_freq_factor", 4.0))
+    old_ctx = float(s.get("original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    wavelen = 2 * np.pi / inv
+    out = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * out / factor + smooth * out
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, out).astype(np.float32)
+
+
+_WEIGHT_DTYPES = {"int4": "int4", "int4_clip": "int4", "int4_fullrange": "int4", "int8": "int8",
+                  "fp32": "fp32", "float32": "fp32"}
+_COMPUTE_DTYPES = {"int8", "fp32", "bf16"}
+_SCALE_DTYPES = {"fp32", "bf16"}
+_ALGS = {"sym", "asym"}
+
+
+@dataclass
+class WeightOnlyQuantConfig:
+    """Weight-only quantization, shaped like Intel's LLM Runtime option of the same name.
+
+    weight_dtype: int4 | int8 (int4_clip / int4_fullrange accepted as int4) | fp32 (no quantization)
+    alg: sym | asym;  group_size: 32 | 64 | 128 | -1 (per output channel)
+    scale_dtype: fp32 | bf16;  compute_dtype: int8 | fp32 | bf16
+    not_quant: keep every weight in fp32 (exact reference arithmetic)
+    use_cache: save the quantized model next to the HF cache and reuse it on the next load
+    head_weight_dtype: format of the output head; by default int8 for int4 models (like llama.cpp's
+        higher-precision output tensor), the weight format otherwise
+    """
+
+    weight_dtype: str = "int4"
+    alg: str = "sym"
+    group_size: int = 32
+    scale_dtype: str = "fp32"
+    compute_dtype: str = "int8"
+    not_quant: bool = False
+    use_cache: bool = False
+    head_weight_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        wd = _WEIGHT_DTYPES.get(str(self.weight_dtype).lower())
+        if wd is None:
+            raise ValueError(f"unknown weight_dtype {self.weight_dtype!r}; choose int4, int8 or fp32")
+        self.weight_dtype = wd
+        if wd == "fp32":
+            self.not_quant = True
+        if self.alg not in _ALGS:
+            raise ValueError(f"unknown alg {self.alg!r}; choose 'sym' or 'asym'")
+        if self.compute_dtype not in _COMPUTE_DTYPES:
+            raise ValueError(f"unknown compute_dtype {self.compute_dtype!r}; choose int8, fp32 or bf16")
+        if self.scale_dtype not in _SCALE_DTYPES:
+            raise ValueError(f"unknown scale_dtype {self.scale_dtype!r}; choose fp32 or bf16")
+        g = int(self.group_size)
+        if g != -1 and (g <= 0 or g % 32):
+            raise ValueError(f"group_size must be -1 (per channel) or a positive multiple of 32, got {self.group_size}")
+        self.group_size = g
+        if self.head_weight_dtype is not None and _WEIGHT_DTYPES.get(self.head_weight_dtype) not in ("int4", "int8", "fp32"):
+            raise ValueError(f"unknown head_weight_dtype {self.head_weight_dtype!r}")
+
+    @property
+    def head_dtype(self) -> str:
+        if self.head_weight_dtype:
+            return _WEIGHT_DTYPES[self.head_weight_dtype]
+        return "int8" if self.weight_dtype == "int4" else self.weight_dtype
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WeightOnlyQuantConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def weights_key(self) -> str:
+        """Identity of the stored weights (compute dtype and caching do not change the file)."""
+        d = self.to_dict()
+        d.pop("use_cache")
+        d.pop("compute_dtype")
+        d["head"] = self.head_dtype
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+QuantConfig = WeightOnlyQuantConfig

@@ -1,0 +1,276 @@
+"""Model: load (HF dir, GGUF, llmrt file), quantize, save, forward and generate."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from llmrt import formats
+from llmrt.config import ModelConfig, WeightOnlyQuantConfig
+from llmrt.generation import as_id_batch, build_processors, generate_one
+from llmrt.hub import resolve_model_path
+from llmrt.models import family_by_name, family_for_gguf, family_for_hf
+from llmrt.runtime import compute_threads
+from llmrt.weights import Stored, build_engine, quantize_stream
+
+FILE_KIND = "llmrt-causal-lm"
+
+
+@dataclass
+class CausalLMOutput:
+    """Like transformers' CausalLMOutputWithPast, with NumPy arrays."""
+
+    logits: np.ndarray
+    hidden_states: tuple[np.ndarray, ...] | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+@dataclass
+class _Source:
+    """Where the weights came from, to key caches and to describe the model."""
+
+    kind: str                       # hf | gguf | llmrt
+    path: str
+    identity: str                   # content-derived id of the source weights
+    extra: dict = field(default_factory=dict)
+
+
+class Model:
+    """A causal language model ready to run on the CPU kernels."""
+
+    def __init__(self, config: ModelConfig, quant: WeightOnlyQuantConfig, tensors: dict[str, Stored],
+                 source: _Source, memory_dtype: str = "f16"):
+        self.config = config
+        self.quant_config = quant
+        self.source = source
+        self.memory_dtype = memory_dtype
+        self._tensors = tensors
+        self.engine = build_engine(config, tensors, quant.compute_dtype)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, quantization_config: WeightOnlyQuantConfig | None = None,
+                        *, load_in_4bit: bool = False, load_in_8bit: bool = False, gguf_file: str | None = None,
+                        compute_dtype: str | None = None, use_cache: bool | None = None,
+                        cache_dir: str | os.PathLike | None = None, memory_dtype: str = "f16",
+                        trust_remote_code: bool = False, progress: bool = True) -> "Model":
+        """Load a Hugging Face checkpoint (quantizing it), a GGUF file or an llmrt model file."""
+        if memory_dtype not in ("f16", "f32"):
+            raise ValueError(f"memory_dtype must be 'f16' or 'f32', got {memory_dtype!r}")
+        q = _choose_quant(quantization_config, load_in_4bit, load_in_8bit, compute_dtype)
+        path = resolve_model_path(name_or_path, gguf_file)
+        if gguf_file is not None:
+            path = path / gguf_file if path.is_dir() else path
+        if path.is_file():
+            if formats.is_llmrt_file(path):
+                return cls.load(path, compute_dtype=compute_dtype, memory_dtype=memory_dtype)
+            if formats.is_gguf_file(path):
+                return cls.from_gguf(path, compute_dtype=q.compute_dtype, memory_dtype=memory_dtype)
+            raise formats.ModelFileError(f"{path} is neither a GGUF file nor an llmrt model file "
+                                         f"(pass a Hugging Face model directory, a .gguf or a .llmrt file)")
+        if not path.is_dir():
+            raise FileNotFoundError(f"no model at {path}")
+        return cls._from_hf_dir(path, q, use_cache=q.use_cache if use_cache is None else use_cache,
+                                cache_dir=cache_dir, memory_dtype=memory_dtype, progress=progress)
+
+    @classmethod
+    def _from_hf_dir(cls, path: Path, q: WeightOnlyQuantConfig, *, use_cache: bool, cache_dir, memory_dtype: str,
+                     progress: bool) -> "Model":
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{path} has no config.json; it is not a Hugging Face model directory")
+        hf = json.loads(cfg_file.read_text())
+        if "model_type" not in hf:
+            raise ValueError(f"{cfg_file} has no model_type; cannot tell the architecture")
+        family = family_for_hf(hf["model_type"])
+        config = family.config_from_hf(hf)
+        identity = formats.checkpoint_identity(path)
+        source = _Source("hf", str(path), identity, {"model_type": hf["model_type"]})
+        cache_path = None
+        if use_cache:
+            cache_path = _cache_file(cache_dir, identity, q)
+            if cache_path.is_file():
+                try:
+                    return cls.load(cache_path, compute_dtype=q.compute_dtype, memory_dtype=memory_dtype)
+                except formats.ModelFileError:
+                    cache_path.unlink()          # a stale or damaged cache is rebuilt, never trusted
+        stream = family.map_hf_tensors(config, formats.iter_checkpoint(path, progress=progress))
+        quantized = quantize_stream(stream, config, q)
+        if cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_model_file(cache_path, config, q, source, quantized)
+            return cls.load(cache_path, compute_dtype=q.compute_dtype, memory_dtype=memory_dtype)
+        tensors = {name: (arr, fmt) for name, arr, fmt in quantized}
+        return cls(config, q, tensors, source, memory_dtype)
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike, *, compute_dtype: str = "int8", memory_dtype: str = "f16") -> "Model":
+        """Run a llama.cpp GGUF file; its Q4_0/Q4_1/Q8_0/F16/F32 tensors are used as stored."""
+        gg = formats.GGUFFile(path)
+        meta = gg.metadata
+        arch = meta.get("general.architecture")
+        if arch is None:
+            raise formats.ModelFileError(f"{path}: GGUF metadata has no general.architecture")
+        family = family_for_gguf(arch)
+        meta = dict(meta, __tensor_names__=tuple(gg.tensor_names))
+        config = family.config_from_gguf(meta)
+        tensors = {}
+        for name, arr, fmt in family.map_gguf_tensors(config, gg.iter_tensors()):
+            tensors[name] = (arr, fmt)
+        kinds = sorted({f.name for _, f in tensors.values() if f is not None})
+        q = WeightOnlyQuantConfig(weight_dtype="int8" if kinds == ["q8_0"] else "int4",
+                                  compute_dtype=compute_dtype)
+        source = _Source("gguf", str(path), gg.identity(), {"architecture": arch, "formats": kinds})
+        model = cls(config, q, tensors, source, memory_dtype)
+        model._gguf = gg
+        return model
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, compute_dtype: str | None = None, memory_dtype: str = "f16") -> "Model":
+        """Open an llmrt model file written by save() (memory-mapped)."""
+        meta, arrays, fmts = formats.load_model_file(path)
+        if meta.get("kind") != FILE_KIND:
+            raise formats.ModelFileError(f"{path} is an llmrt file of kind {meta.get('kind')!r}, not a causal LM")
+        config = ModelConfig.from_dict(meta["config"])
+        family_by_name(config.family)
+        q = WeightOnlyQuantConfig.from_dict(meta["quant"])
+        if compute_dtype is not None:
+            q.compute_dtype = compute_dtype
+            q.__post_init__()
+        src = meta["source"]
+        source = _Source(src["kind"], src["path"], src["identity"], src.get("extra", {}))
+        tensors = {name: (arrays[name], fmts.get(name)) for name in arrays}
+        return cls(config, q, tensors, source, memory_dtype)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the (quantized) model to one llmrt file; refuses to replace a file unless overwrite."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        _write_model_file(path, self.config, self.quant_config, self.source,
+                          ((n, a, f) for n, (a, f) in self._tensors.items()))
+        return path
+
+    # ------------------------------------------------------------------ running
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def new_cache(self, ctx_size: int):
+        return self.engine.new_cache(int(ctx_size), self.memory_dtype)
+
+    def __call__(self, input_ids: Any, output_hidden_states: bool = False, threads: int | None = None,
+                 **_: Any) -> CausalLMOutput:
+        """Logits for every position: (batch, seq, vocab) float32."""
+        ids = as_id_batch(input_ids)
+        logits = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), np.float32)
+        hidden: list[list[np.ndarray]] = []
+        with compute_threads(threads):
+            for b in range(ids.shape[0]):
+                cache = self.new_cache(max(ids.shape[1], 1))
+                hs: list | None = [] if output_hidden_states else None
+                logits[b] = self.engine.forward(cache, ids[b], all_logits=True, hidden_states=hs)
+                if hs is not None:
+                    hidden.append(hs)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = tuple(np.stack([hidden[b][i] for b in range(ids.shape[0])])
+                                  for i in range(self.config.num_layers + 1))
+        return CausalLMOutput(logits=logits, hidden_states=hidden_states)
+
+    forward = __call__
+
+    def generate(self, input_ids: Any, max_new_tokens: int = 20, *, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = 50, top_p: float = 1.0, min_p: float | None = None,
+                 repetition_penalty: float = 1.0, seed: int | None = None, streamer=None,
+                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+                 stopping_criteria=None, threads: int | None = None, ctx_size: int | None = None,
+                 attention_mask: Any = None, **kwargs: Any) -> np.ndarray:
+        """Continue each prompt row; returns (batch, prompt + new) int64 like transformers."""
+        unknown = set(kwargs) - {"use_cache", "num_beams", "output_scores", "return_dict_in_generate"}
+        if unknown:
+            raise TypeError(f"generate() got unsupported arguments: {', '.join(sorted(unknown))}")
+        ids = as_id_batch(input_ids)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if eos_token_id is None:
+            eos_token_id = self.config.eos_token_id
+        mask = None if attention_mask is None else as_id_batch(attention_mask)
+        if streamer is not None and ids.shape[0] != 1:
+            raise ValueError("streamers work with one prompt at a time (batch size 1)")
+        procs = build_processors(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
+        rng = np.random.default_rng(seed)
+        rows = []
+        with compute_threads(threads):
+            for b in range(ids.shape[0]):
+                prompt = ids[b] if mask is None else ids[b][mask[b].astype(bool)]
+                if prompt.size == 0:
+                    raise ValueError("an empty prompt cannot be continued; pass at least one token")
+                need = prompt.size + max_new_tokens
+                ctx = need if ctx_size is None else int(ctx_size)
+                if prompt.size > ctx:
+                    raise ValueError(f"the prompt has {prompt.size} tokens, more than ctx_size={ctx}")
+                if need > ctx:
+                    raise ValueError(f"prompt ({prompt.size}) + max_new_tokens ({max_new_tokens}) exceeds "
+                                     f"ctx_size={ctx}; raise ctx_size or lower max_new_tokens")
+                cache = self.new_cache(ctx)
+                step = lambda toks, cache=cache: self.engine.forward(cache, toks)[0]
+                rows.append(generate_one(step, prompt, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                         processors=procs, rng=rng, eos_token_id=eos_token_id,
+                                         streamer=streamer, stopping_criteria=stopping_criteria))
+        width = max(r.size for r in rows)
+        pad = pad_token_id if pad_token_id is not None else (self.config.pad_token_id or 0)
+        out = np.full((len(rows), width), pad, dtype=np.int64)
+        for b, r in enumerate(rows):
+            out[b, :r.size] = r
+        return out
+
+    def describe(self) -> dict:
+        return {"family": self.config.family, "source": self.source.kind, "path": self.source.path,
+                "quant": self.quant_config.to_dict(),
+                "weights_bytes": sum(int(a.nbytes) for a, _ in self._tensors.values())}
+
+
+def _choose_quant(qc: WeightOnlyQuantConfig | None, load_in_4bit: bool, load_in_8bit: bool,
+                  compute_dtype: str | None) -> WeightOnlyQuantConfig:
+    if sum(bool(x) for x in (qc is not None, load_in_4bit, load_in_8bit)) > 1:
+        raise ValueError("pass only one of quantization_config, load_in_4bit, load_in_8bit")
+    if qc is None:
+        if load_in_8bit:
+            qc = WeightOnlyQuantConfig(weight_dtype="int8", group_size=32, compute_dtype="int8")
+        else:      # load_in_4bit, and the default: int4 sym g32 with int8 compute (the fast path)
+            qc = WeightOnlyQuantConfig(weight_dtype="int4", group_size=32, compute_dtype="int8")
+    elif not isinstance(qc, WeightOnlyQuantConfig):
+        qc = WeightOnlyQuantConfig.from_dict(qc.to_dict() if hasattr(qc, "to_dict") else dict(qc))
+    if compute_dtype is not None:
+        qc = WeightOnlyQuantConfig.from_dict(dict(qc.to_dict(), compute_dtype=compute_dtype))
+    return qc
+
+
+def _cache_file(cache_dir, identity: str, q: WeightOnlyQuantConfig) -> Path:
+    root = Path(cache_dir) if cache_dir else Path(os.environ.get("LLMRT_CACHE", Path.home() / ".cache" / "llmrt"))
+    return root / f"{identity}-{q.weights_key()}.llmrt"
+
+
+def _write_model_file(path: Path, config: ModelConfig, q: WeightOnlyQuantConfig, source: _Source,
+                      tensors: Iterator[tuple[str, np.ndarray, Any]]) -> None:
+    meta = {"kind": FILE_KIND, "config": config.to_dict(), "quant": q.to_dict(),
+            "source": {"kind": source.kind, "path": source.path, "identity": source.identity, "extra": source.extra}}
+    with formats.ModelFileWriter(path) as w:
+        for name, arr, fmt in tensors:
+            w.add(name, arr, fmt)
+        w.finish(meta)
+
+
+def content_hash(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()[:16]

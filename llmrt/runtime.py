@@ -1,0 +1,64 @@
+"""Threads and ISA selection shared by the whole library."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+from typing import Iterator
+
+from threadpoolctl import threadpool_limits
+
+from llmrt._kernels import _ops
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-thread siblings counted once)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:          # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    seen = set()
+    for cpu in allowed:
+        path = f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+        try:
+            with open(path) as f:
+                seen.add(f.read().strip())
+        except OSError:
+            seen.add(str(cpu))
+    return max(1, len(seen))
+
+
+def default_threads() -> int:
+    env = os.environ.get("LLMRT_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    return physical_cores()
+
+
+@contextlib.contextmanager
+def compute_threads(threads: int | None) -> Iterator[int]:
+    """Run kernels with `threads` OpenMP threads while NumPy's BLAS stays single-threaded
+    (two thread pools on the same cores slow each other down)."""
+    n = default_threads() if threads is None else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    before = _ops.get_num_threads()
+    _ops.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield n
+    finally:
+        _ops.set_num_threads(before)
+
+
+def isa_report() -> dict:
+    return {
+        "compiled": _ops.compiled_tiers(),
+        "supported": _ops.supported_tiers(),
+        "selected": _ops.current_tier(),
+        "forced_by_env": os.environ.get("LLMRT_ISA") or None,
+    }
+
+
+# kernels start with the default thread count rather than OpenMP's "all logical CPUs"
+_ops.set_num_threads(default_threads())

@@ -26,3 +26,4 @@ cdef class Linear:
     cdef readonly dict arrays
     cdef void apply(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy,
                     int8_t *aq, float *ad, int32_t *asum) noexcept nogil
+    cdef void row(self, int64_t j, float *out) noexcept nogil

@@ -12,7 +12,7 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
 from llmrt._kernels.kernels cimport (
     LR_QK, LR_N_TIERS, lr_kernels, lr_qmat, lr_qact, lr_attn_args,
     lr_tier_name, lr_tier_compiled, lr_tier_supported, lr_best_tier, lr_tier_kernels,
-    lr_set_threads, lr_get_threads, lr_openmp_enabled,
+    lr_set_threads, lr_get_threads, lr_openmp_enabled, lr_f16_to_f32,
 )
 
 cnp.import_array()
@@ -217,6 +217,44 @@ cdef class Linear:
             for r in range(rows):
                 for j in range(self.n):
                     y[r * ldy + j] += self.bias_ptr[j]
+
+    cdef void row(self, int64_t j, float *out) noexcept nogil:
+        """Row j of W as floats (embedding lookup); j must be in [0, n)."""
+        cdef int64_t i, b, g, ng
+        cdef float dd, mm
+        cdef const uint8_t *qb
+        cdef const int8_t *q8
+        if self.ikind == KIND_F32:
+            for i in range(self.k):
+                out[i] = self.w32[j * self.k + i]
+            return
+        if self.ikind == KIND_F16:
+            for i in range(self.k):
+                out[i] = lr_f16_to_f32(self.w16[j * self.k + i])
+            return
+        ng = self.k // self.q.group
+        for b in range(self.k // LR_QK):
+            g = (b * LR_QK) // self.q.group
+            dd = self.q.d[j * ng + g]
+            if self.q.bits == 4:
+                mm = self.q.m[j * ng + g] if self.q.m != NULL else -8.0 * dd
+                qb = self.q.qs + j * (self.k // 2) + b * (LR_QK // 2)
+                for i in range(LR_QK // 2):
+                    out[b * LR_QK + i] = dd * (qb[i] & 0x0f) + mm
+                    out[b * LR_QK + i + LR_QK // 2] = dd * (qb[i] >> 4) + mm
+            else:
+                mm = self.q.m[j * ng + g] if self.q.m != NULL else 0.0
+                q8 = <const int8_t *> self.q.qs + j * self.k + b * LR_QK
+                for i in range(LR_QK):
+                    out[b * LR_QK + i] = dd * q8[i] + mm
+
+    def get_row(self, int64_t j):
+        """Row j of W as float32 (dequantized)."""
+        if j < 0 or j >= self.n:
+            raise IndexError(f"row {j} out of range [0, {self.n})")
+        cdef cnp.ndarray out = np.empty(self.k, dtype=np.float32)
+        self.row(j, <float *> cnp.PyArray_DATA(out))
+        return out
 
     def __call__(self, x):
         """Apply to rows of x: (rows, k) or (k,) float32 -> (rows, n) float32."""

@@ -1,0 +1,3 @@
+from llmrt.api.transformers import AutoModelForCausalLM, WeightOnlyQuantConfig
+
+__all__ = ["AutoModelForCausalLM", "WeightOnlyQuantConfig"]

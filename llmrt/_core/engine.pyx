@@ -1,0 +1,394 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The decoder-block loop shared by every family.
+
+A family describes its blocks with a handful of switches (norm kind, rotary style, MLP kind,
+parallel residual) and hands over Linear layers with fused QKV rows [Q heads; K heads; V heads]
+and, for gated MLPs, fused rows [gate; up].  Everything per token runs here without the GIL.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int8_t, int32_t, int64_t, uint16_t
+from libc.string cimport memcpy
+from libc.math cimport cos, sin
+
+from llmrt._kernels._ops cimport Linear, active_kernels
+from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, lr_f32_to_f16, LR_QK
+from llmrt._core.ops cimport (rms_norm, layer_norm, rotary, silu_mul, activate,
+                              ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU)
+
+cnp.import_array()
+
+NORMS = {"rms": 0, "layer": 1}
+MLPS = {"gated_silu": 0, "silu": ACT_SILU + 10, "gelu": ACT_GELU + 10,
+        "gelu_tanh": ACT_GELU_TANH + 10, "relu": ACT_RELU + 10}
+RESIDUALS = {"sequential": 0, "parallel": 1, "parallel_shared_norm": 2}
+
+
+cdef class KVCache:
+    """Keys and values of one sequence for every layer: (n_layer, n_kv_head, ctx, head_dim)."""
+    cdef readonly cnp.ndarray k
+    cdef readonly cnp.ndarray v
+    cdef readonly int64_t ctx
+    cdef public int64_t n_past
+    cdef public int64_t kv_begin
+
+    def __init__(self, int n_layer, int n_kv_head, int64_t ctx, int head_dim, dtype="f16"):
+        if dtype not in ("f16", "f32"):
+            raise ValueError(f"memory_dtype must be 'f16' or 'f32', got {dtype!r}")
+        if ctx <= 0:
+            raise ValueError(f"ctx_size must be positive, got {ctx}")
+        npdt = np.float16 if dtype == "f16" else np.float32
+        self.k = np.zeros((n_layer, n_kv_head, ctx, head_dim), dtype=npdt)
+        self.v = np.zeros((n_layer, n_kv_head, ctx, head_dim), dtype=npdt)
+        self.ctx = ctx
+        self.n_past = 0
+        self.kv_begin = 0
+
+    @property
+    def dtype(self):
+        return "f16" if self.k.dtype == np.float16 else "f32"
+
+    @property
+    def nbytes(self):
+        return self.k.nbytes + self.v.nbytes
+
+    def reset(self):
+        self.n_past = 0
+        self.kv_begin = 0
+
+
+cdef class Layer:
+    """Weights of one decoder block."""
+    cdef public Linear qkv, attn_out, mlp_in, mlp_out
+    cdef public object attn_norm_w, attn_norm_b, mlp_norm_w, mlp_norm_b
+
+    def __init__(self, Linear qkv, Linear attn_out, Linear mlp_in, Linear mlp_out,
+                 attn_norm_w, attn_norm_b=None, mlp_norm_w=None, mlp_norm_b=None):
+        self.qkv, self.attn_out, self.mlp_in, self.mlp_out = qkv, attn_out, mlp_in, mlp_out
+        self.attn_norm_w = _vec(attn_norm_w)
+        self.attn_norm_b = _vec(attn_norm_b)
+        self.mlp_norm_w = _vec(mlp_norm_w)
+        self.mlp_norm_b = _vec(mlp_norm_b)
+
+
+def _vec(a):
+    return None if a is None else np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+
+
+cdef inline const float *_ptr(object a):
+    if a is None:
+        return NULL
+    return <const float *> cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+cdef class Engine:
+    """Runs token chunks through embedding, blocks, final norm and head."""
+    cdef readonly int n_layer, hidden, n_head, n_kv_head, head_dim, rot_dim, vocab
+    cdef readonly int64_t window
+    cdef int norm_kind, mlp_kind, residual, interleaved
+    cdef float eps, attn_scale
+    cdef readonly list layers
+    cdef readonly Linear embed, lm_head
+    cdef object final_norm_w, final_norm_b, inv_freq, emb_norm_w, emb_norm_b
+    cdef readonly int64_t max_chunk
+    # scratch, sized for max_chunk rows
+    cdef cnp.ndarray x, h, h2, qkv, att, o, mi, act, m, aq, ad, asum, cs, sn, logits_row
+
+    def __init__(self, *, int hidden, int n_head, int n_kv_head, int head_dim, int vocab,
+                 str norm, float eps, str mlp, str residual, int rot_dim, bint rot_interleaved,
+                 inv_freq, list layers, Linear embed, Linear lm_head, final_norm_w, final_norm_b=None,
+                 emb_norm_w=None, emb_norm_b=None, int64_t window=0, attn_scale=None, int64_t max_chunk=512):
+        if norm not in NORMS or mlp not in MLPS or residual not in RESIDUALS:
+            raise ValueError(f"unknown block option: norm={norm!r} mlp={mlp!r} residual={residual!r}")
+        if n_kv_head <= 0 or n_head % n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
+        if rot_dim < 0 or rot_dim > head_dim or rot_dim % 2:
+            raise ValueError(f"rotary dims {rot_dim} must be even and at most head_dim {head_dim}")
+        self.hidden, self.n_head, self.n_kv_head, self.head_dim, self.vocab = hidden, n_head, n_kv_head, head_dim, vocab
+        self.n_layer = len(layers)
+        self.norm_kind = NORMS[norm]
+        self.mlp_kind = MLPS[mlp]
+        self.residual = RESIDUALS[residual]
+        self.eps = eps
+        self.rot_dim = rot_dim
+        self.interleaved = rot_interleaved
+        self.inv_freq = np.ascontiguousarray(inv_freq, dtype=np.float32).reshape(-1)
+        if self.inv_freq.shape[0] != rot_dim // 2:
+            raise ValueError(f"inv_freq must have rot_dim/2 = {rot_dim // 2} values")
+        self.window = window
+        self.attn_scale = attn_scale if attn_scale is not None else head_dim ** -0.5
+        self.layers = layers
+        self.embed, self.lm_head = embed, lm_head
+        self.final_norm_w, self.final_norm_b = _vec(final_norm_w), _vec(final_norm_b)
+        self.emb_norm_w, self.emb_norm_b = _vec(emb_norm_w), _vec(emb_norm_b)
+        self.max_chunk = max_chunk
+        self._check_shapes()
+        self._alloc(max_chunk)
+
+    def _check_shapes(self):
+        qkv_n = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        if self.embed.k != self.hidden or self.embed.n != self.vocab:
+            raise ValueError(f"embedding is {self.embed.n}x{self.embed.k}, expected {self.vocab}x{self.hidden}")
+        if self.lm_head.k != self.hidden or self.lm_head.n != self.vocab:
+            raise ValueError(f"lm_head is {self.lm_head.n}x{self.lm_head.k}, expected {self.vocab}x{self.hidden}")
+        for i, L in enumerate(self.layers):
+            lay = <Layer> L
+            ff = lay.mlp_out.k
+            want_in = 2 * ff if self.mlp_kind == 0 else ff
+            checks = [(lay.qkv, qkv_n, self.hidden, "qkv"), (lay.attn_out, self.hidden, self.n_head * self.head_dim, "attn_out"),
+                      (lay.mlp_in, want_in, self.hidden, "mlp_in"), (lay.mlp_out, self.hidden, ff, "mlp_out")]
+            for lin, n, k, name in checks:
+                if lin.n != n or lin.k != k:
+                    raise ValueError(f"layer {i} {name} is {lin.n}x{lin.k}, expected {n}x{k}")
+            for w in (lay.attn_norm_w, lay.mlp_norm_w if self.residual != 2 else lay.attn_norm_w):
+                if w is None or w.shape[0] != self.hidden:
+                    raise ValueError(f"layer {i} norm weight must have {self.hidden} values")
+
+    def _alloc(self, int64_t rows):
+        cdef int64_t max_k = self.hidden, max_mi = 0, max_ff = 0
+        for L in self.layers:
+            lay = <Layer> L
+            max_k = max(max_k, lay.mlp_out.k, lay.attn_out.k)
+            max_mi = max(max_mi, lay.mlp_in.n)
+            max_ff = max(max_ff, lay.mlp_out.k)
+        qkv_n = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        f = np.float32
+        self.x = np.zeros((rows, self.hidden), f)
+        self.h = np.zeros((rows, self.hidden), f)
+        self.h2 = np.zeros((rows, self.hidden), f)
+        self.qkv = np.zeros((rows, qkv_n), f)
+        self.att = np.zeros((rows, self.n_head * self.head_dim), f)
+        self.o = np.zeros((rows, self.hidden), f)
+        self.mi = np.zeros((rows, max(max_mi, 1)), f)
+        self.act = np.zeros((rows, max(max_ff, 1)), f)
+        self.m = np.zeros((rows, self.hidden), f)
+        self.aq = np.zeros(rows * max_k + LR_QK, np.int8)
+        self.ad = np.zeros(rows * (max_k // LR_QK + 1), f)
+        self.asum = np.zeros(rows * (max_k // LR_QK + 1), np.int32)
+        self.cs = np.zeros((rows, max(self.rot_dim // 2, 1)), f)
+        self.sn = np.zeros((rows, max(self.rot_dim // 2, 1)), f)
+
+    def new_cache(self, int64_t ctx, dtype="f16"):
+        return KVCache(self.n_layer, self.n_kv_head, ctx, self.head_dim, dtype)
+
+    @property
+    def scratch_nbytes(self):
+        return sum(a.nbytes for a in (self.x, self.h, self.h2, self.qkv, self.att, self.o, self.mi,
+                                      self.act, self.m, self.aq, self.ad, self.asum, self.cs, self.sn))
+
+    def forward(self, KVCache cache, tokens, bint all_logits=False, list hidden_states=None):
+        """Append tokens to the sequence in cache and return logits: (n, vocab) float32 if
+        all_logits else (1, vocab) for the last token.  hidden_states (a list) receives
+        n_layer + 1 arrays (n, hidden) like transformers' output_hidden_states."""
+        cdef cnp.ndarray toks = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+        cdef int64_t n = toks.shape[0]
+        if n == 0:
+            raise ValueError("no tokens to process")
+        lo, hi = int(toks.min()), int(toks.max())
+        if lo < 0 or hi >= self.vocab:
+            bad = hi if hi >= self.vocab else lo
+            raise ValueError(f"token id {bad} is out of range for a vocabulary of {self.vocab}")
+        if cache.n_past + n > cache.ctx:
+            raise ValueError(f"context overflow: {cache.n_past} cached + {n} new tokens > ctx_size {cache.ctx}; "
+                             f"raise ctx_size or shorten the prompt")
+        if cache.k.shape[0] != self.n_layer or cache.k.shape[1] != self.n_kv_head or cache.k.shape[3] != self.head_dim:
+            raise ValueError("this KV cache belongs to a different model shape")
+        if hidden_states is not None:
+            del hidden_states[:]
+            for _ in range(self.n_layer + 1):
+                hidden_states.append(np.empty((n, self.hidden), np.float32))
+        out = np.empty((n if all_logits else 1, self.vocab), np.float32)
+        cdef int64_t start = 0, rows
+        while start < n:
+            rows = min(self.max_chunk, n - start)
+            self._chunk(cache, toks[start:start + rows], hidden_states, start)
+            if all_logits:
+                self._head(rows, out[start:start + rows])
+            start += rows
+        if not all_logits:
+            self._head_last(rows, out)
+        return out
+
+    cdef void _chunk(self, KVCache cache, cnp.ndarray toks, list hidden_states, int64_t hs_off) except *:
+        cdef int64_t rows = toks.shape[0]
+        cdef int64_t pos0 = cache.n_past
+        cdef const int64_t *tk = <const int64_t *> cnp.PyArray_DATA(toks)
+        cdef float *x = <float *> cnp.PyArray_DATA(self.x)
+        cdef float *h = <float *> cnp.PyArray_DATA(self.h)
+        cdef float *h2 = <float *> cnp.PyArray_DATA(self.h2)
+        cdef float *qkv = <float *> cnp.PyArray_DATA(self.qkv)
+        cdef float *att = <float *> cnp.PyArray_DATA(self.att)
+        cdef float *o = <float *> cnp.PyArray_DATA(self.o)
+        cdef float *mi = <float *> cnp.PyArray_DATA(self.mi)
+        cdef float *act = <float *> cnp.PyArray_DATA(self.act)
+        cdef float *m = <float *> cnp.PyArray_DATA(self.m)
+        cdef int8_t *aq = <int8_t *> cnp.PyArray_DATA(self.aq)
+        cdef float *ad = <float *> cnp.PyArray_DATA(self.ad)
+        cdef int32_t *asum = <int32_t *> cnp.PyArray_DATA(self.asum)
+        cdef float *cs = <float *> cnp.PyArray_DATA(self.cs)
+        cdef float *sn = <float *> cnp.PyArray_DATA(self.sn)
+        cdef const float *inv_freq = <const float *> cnp.PyArray_DATA(self.inv_freq)
+        cdef const float *enw = _ptr(self.emb_norm_w)
+        cdef const float *enb = _ptr(self.emb_norm_b)
+        cdef int64_t H = self.hidden, hd = self.head_dim, nh = self.n_head, nkv = self.n_kv_head
+        cdef int64_t qkv_n = (nh + 2 * nkv) * hd, att_n = nh * hd, half = self.rot_dim // 2
+        cdef int64_t t, i, l, kvh, ff, mi_n, pos
+        cdef Layer lay
+        cdef const float *anw
+        cdef const float *anb
+        cdef const float *mnw
+        cdef const float *mnb
+        cdef bint kv16 = cache.k.dtype == np.float16
+        cdef char *kbase = <char *> cnp.PyArray_DATA(cache.k)
+        cdef char *vbase = <char *> cnp.PyArray_DATA(cache.v)
+        cdef int64_t esize = 2 if kv16 else 4
+        cdef int64_t layer_stride = nkv * cache.ctx * hd
+        cdef lr_attn_args a
+        cdef const lr_kernels *K = active_kernels()
+        cdef float theta
+        cdef bint want_hidden = hidden_states is not None
+        cdef float *src
+        cdef char *kdst
+        cdef char *vdst
+
+        with nogil:
+            for t in range(rows):
+                self.embed.row(tk[t], x + t * H)
+                if enw != NULL:
+                    layer_norm(x + t * H, x + t * H, enw, enb, H, self.eps)
+                pos = pos0 + t
+                for i in range(half):
+                    theta = <float> pos * inv_freq[i]
+                    cs[t * half + i] = <float> cos(theta)
+                    sn[t * half + i] = <float> sin(theta)
+        if want_hidden:
+            hidden_states[0][hs_off:hs_off + rows] = self.x[:rows]
+
+        for l in range(self.n_layer):
+            lay = <Layer> self.layers[l]
+            anw, anb = _ptr(lay.attn_norm_w), _ptr(lay.attn_norm_b)
+            mnw, mnb = _ptr(lay.mlp_norm_w), _ptr(lay.mlp_norm_b)
+            ff = lay.mlp_out.k
+            mi_n = lay.mlp_in.n
+            with nogil:
+                # attention input norm
+                for t in range(rows):
+                    self._norm(x + t * H, h + t * H, anw, anb, H)
+                lay.qkv.apply(h, H, rows, qkv, qkv_n, aq, ad, asum)
+                for t in range(rows):
+                    if half > 0:
+                        rotary(qkv + t * qkv_n, nh + nkv, hd, self.rot_dim, self.interleaved,
+                               cs + t * half, sn + t * half)
+                    # K and V of this token into the cache
+                    pos = pos0 + t
+                    for kvh in range(nkv):
+                        src = qkv + t * qkv_n + (nh + kvh) * hd
+                        kdst = kbase + (l * layer_stride + (kvh * cache.ctx + pos) * hd) * esize
+                        vdst = vbase + (l * layer_stride + (kvh * cache.ctx + pos) * hd) * esize
+                        _store(src, kdst, hd, kv16)
+                        _store(src + nkv * hd, vdst, hd, kv16)
+                a.q = qkv
+                a.q_stride = qkv_n
+                a.out = att
+                a.out_stride = att_n
+                a.n_tok = rows
+                a.pos0 = pos0
+                a.n_head = <int> nh
+                a.n_kv_head = <int> nkv
+                a.head_dim = <int> hd
+                a.kv_f16 = kv16
+                a.k_cache = kbase + l * layer_stride * esize
+                a.v_cache = vbase + l * layer_stride * esize
+                a.ctx = cache.ctx
+                a.kv_begin = cache.kv_begin
+                a.window = self.window
+                a.scale = self.attn_scale
+                a.alibi_slopes = NULL
+                K.attention(&a)
+                lay.attn_out.apply(att, att_n, rows, o, H, aq, ad, asum)
+
+                if self.residual == 0:
+                    for i in range(rows * H):
+                        x[i] = x[i] + o[i]
+                    for t in range(rows):
+                        self._norm(x + t * H, h2 + t * H, mnw, mnb, H)
+                    self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                    for i in range(rows * H):
+                        x[i] = x[i] + m[i]
+                else:
+                    if self.residual == 1:
+                        for t in range(rows):
+                            self._norm(x + t * H, h2 + t * H, mnw, mnb, H)
+                        self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                    else:
+                        self._mlp(lay, h, rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                    for i in range(rows * H):
+                        x[i] = x[i] + o[i] + m[i]
+            if want_hidden and l < self.n_layer - 1:
+                hidden_states[l + 1][hs_off:hs_off + rows] = self.x[:rows]
+        cache.n_past = pos0 + rows
+        if want_hidden:
+            # transformers reports the last hidden state after the final norm
+            fin = hidden_states[self.n_layer]
+            self._final_norm_rows(0, rows)
+            fin[hs_off:hs_off + rows] = self.h[:rows]
+
+    cdef inline void _norm(self, const float *x, float *out, const float *w, const float *b, int64_t n) noexcept nogil:
+        if self.norm_kind == 0:
+            rms_norm(x, out, w, n, self.eps)
+        else:
+            layer_norm(x, out, w, b, n, self.eps)
+
+    cdef void _mlp(self, Layer lay, float *inp, int64_t rows, float *mi, int64_t mi_n, float *act, int64_t ff,
+                   float *out, int8_t *aq, float *ad, int32_t *asum) noexcept nogil:
+        cdef int64_t t
+        lay.mlp_in.apply(inp, self.hidden, rows, mi, mi_n, aq, ad, asum)
+        if self.mlp_kind == 0:
+            for t in range(rows):
+                silu_mul(mi + t * mi_n, mi + t * mi_n + ff, act + t * ff, ff)
+            lay.mlp_out.apply(act, ff, rows, out, self.hidden, aq, ad, asum)
+        else:
+            activate(mi, rows * mi_n, self.mlp_kind - 10)
+            lay.mlp_out.apply(mi, mi_n, rows, out, self.hidden, aq, ad, asum)
+
+    cdef void _final_norm_rows(self, int64_t first, int64_t count):
+        cdef float *x = <float *> cnp.PyArray_DATA(self.x)
+        cdef float *h = <float *> cnp.PyArray_DATA(self.h)
+        cdef const float *w = _ptr(self.final_norm_w)
+        cdef const float *b = _ptr(self.final_norm_b)
+        cdef int64_t t, H = self.hidden
+        with nogil:
+            for t in range(first, first + count):
+                self._norm(x + t * H, h + (t - first) * H, w, b, H)
+
+    cdef void _head(self, int64_t rows, cnp.ndarray out):
+        """Logits for the first `rows` rows of the current chunk into out (rows, vocab)."""
+        cdef float *h = <float *> cnp.PyArray_DATA(self.h)
+        cdef int8_t *aq = <int8_t *> cnp.PyArray_DATA(self.aq)
+        cdef float *ad = <float *> cnp.PyArray_DATA(self.ad)
+        cdef int32_t *asum = <int32_t *> cnp.PyArray_DATA(self.asum)
+        cdef float *y = <float *> cnp.PyArray_DATA(out)
+        self._final_norm_rows(0, rows)
+        with nogil:
+            self.lm_head.apply(h, self.hidden, rows, y, self.vocab, aq, ad, asum)
+
+    cdef void _head_last(self, int64_t rows, cnp.ndarray out):
+        cdef float *h = <float *> cnp.PyArray_DATA(self.h)
+        cdef int8_t *aq = <int8_t *> cnp.PyArray_DATA(self.aq)
+        cdef float *ad = <float *> cnp.PyArray_DATA(self.ad)
+        cdef int32_t *asum = <int32_t *> cnp.PyArray_DATA(self.asum)
+        cdef float *y = <float *> cnp.PyArray_DATA(out)
+        self._final_norm_rows(rows - 1, 1)
+        with nogil:
+            self.lm_head.apply(h, self.hidden, 1, y, self.vocab, aq, ad, asum)
+
+
+cdef inline void _store(const float *src, char *dst, int64_t n, bint f16) noexcept nogil:
+    cdef int64_t i
+    cdef uint16_t *d16
+    if f16:
+        d16 = <uint16_t *> dst
+        for i in range(n):
+            d16[i] = lr_f32_to_f16(src[i])
+    else:
+        memcpy(dst, src, n * sizeof(float))

@@ -1,0 +1,142 @@
+"""From internal tensors to a running Engine: choose a storage format per tensor (quantize),
+then fuse QKV / gate-up rows and hand kernel-layout arrays to the Cython engine."""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+
+from llmrt._core.engine import Engine, Layer
+from llmrt._kernels._ops import Linear
+from llmrt.config import ModelConfig, WeightOnlyQuantConfig
+from llmrt.formats import QuantFormat
+
+# tensors that are matrices of a linear layer (quantizable)
+_LINEAR = re.compile(r"layers\.\d+\.(q|k|v|qkv|attn_out|gate|up|mlp_in|mlp_out)\.weight")
+
+Stored = tuple[np.ndarray, "QuantFormat | None"]
+
+
+def storage_format(name: str, arr: np.ndarray, cfg: ModelConfig, q: WeightOnlyQuantConfig) -> QuantFormat | None:
+    """The format a tensor is stored in: None means dense (fp32, or fp16 for large embeddings)."""
+    if q.not_quant or arr.ndim != 2:
+        return None
+    head = name == "lm_head.weight" or (name == "embed" and cfg.tie_word_embeddings)
+    if head:
+        if q.head_dtype == "fp32":
+            return None
+        return QuantFormat(q.head_dtype, "sym", 32 if arr.shape[1] % 32 == 0 else -1, q.scale_dtype)
+    if _LINEAR.fullmatch(name):
+        if arr.shape[1] % 32:
+            return None          # the int8 kernels work in blocks of 32 inputs
+        group = q.group_size if q.group_size != -1 else -1
+        if group != -1 and arr.shape[1] % group:
+            raise ValueError(f"group_size {group} does not divide the {arr.shape[1]} inputs of {name}; "
+                             f"choose a group size that divides it or -1 (per channel)")
+        return QuantFormat(q.weight_dtype, q.alg, group, q.scale_dtype)
+    return None
+
+
+def quantize_stream(tensors: Iterable[tuple[str, np.ndarray]], cfg: ModelConfig,
+                    q: WeightOnlyQuantConfig) -> Iterator[tuple[str, np.ndarray, QuantFormat | None]]:
+    """Quantize tensors one at a time (peak memory: one tensor in fp32 plus its blocks)."""
+    for name, arr in tensors:
+        arr = np.asarray(arr)
+        fmt = storage_format(name, arr, cfg, q)
+        if fmt is not None:
+            yield name, fmt.quantize(np.ascontiguousarray(arr, dtype=np.float32)), fmt
+        elif name == "embed" and not q.not_quant:
+            yield name, np.ascontiguousarray(arr, dtype=np.float16), None
+        else:
+            yield name, np.ascontiguousarray(arr, dtype=np.float32), None
+
+
+def _kernel_parts(arr: np.ndarray, fmt: QuantFormat | None):
+    if fmt is None:
+        return None
+    return fmt.to_kernel(arr)
+
+
+def make_linear(parts: list[Stored], compute: str, bias: np.ndarray | None = None) -> Linear:
+    """One Linear from the row-concatenation of several stored matrices (fused QKV, gate-up)."""
+    fmts = [f for _, f in parts]
+    if all(f is None for f in fmts):
+        arrs = [a for a, _ in parts]
+        if all(a.dtype == np.float16 for a in arrs):
+            w = arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
+        else:
+            w = np.concatenate([np.asarray(a, np.float32) for a in arrs]) if len(arrs) > 1 else np.asarray(arrs[0], np.float32)
+        return Linear.dense(w, bias)
+    if any(f is None for f in fmts):
+        raise ValueError("cannot fuse quantized and dense matrices into one layer")
+    ks = [f.to_kernel(a) for a, f in parts]
+    bits = {k.bits for k in ks}
+    groups = {k.group for k in ks}
+    if len(bits) != 1 or len(groups) != 1:
+        raise ValueError("matrices fused into one layer must share bit width and group size; "
+                         f"got bits {sorted(bits)} groups {sorted(groups)}")
+    if len(ks) == 1:
+        k0 = ks[0]
+        return Linear.quantized(k0.qs, k0.d, k0.m, k0.bits, k0.group, bias=bias, compute=compute)
+    b = ks[0].bits
+    ms = None
+    if any(k.m is not None for k in ks):
+        ms = np.concatenate([k.m if k.m is not None else (-8.0 * k.d if b == 4 else np.zeros_like(k.d))
+                             for k in ks]).astype(np.float32)
+    return Linear.quantized(np.concatenate([k.qs for k in ks]), np.concatenate([k.d for k in ks]), ms,
+                            b, ks[0].group, bias=bias, compute=compute)
+
+
+def _bias(t: Mapping[str, Stored], *names: str) -> np.ndarray | None:
+    present = [t[n][0] for n in names if n in t]
+    if not present:
+        return None
+    if len(present) != len(names):
+        raise ValueError(f"some but not all of {names} have biases")
+    return np.concatenate([np.asarray(p, np.float32).reshape(-1) for p in present])
+
+
+def _need(t: Mapping[str, Stored], name: str) -> Stored:
+    try:
+        return t[name]
+    except KeyError:
+        raise ValueError(f"the checkpoint has no weight for {name!r}; it may be truncated or of another architecture") from None
+
+
+def _dense(t: Mapping[str, Stored], name: str) -> np.ndarray | None:
+    if name not in t:
+        return None
+    return np.asarray(t[name][0], dtype=np.float32)
+
+
+def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, max_chunk: int = 512) -> Engine:
+    layers = []
+    for i in range(cfg.num_layers):
+        p = f"layers.{i}."
+        if p + "qkv.weight" in t:
+            qkv = make_linear([_need(t, p + "qkv.weight")], compute, _bias(t, p + "qkv.bias"))
+        else:
+            qkv = make_linear([_need(t, p + n + ".weight") for n in "qkv"], compute,
+                              _bias(t, p + "q.bias", p + "k.bias", p + "v.bias"))
+        attn_out = make_linear([_need(t, p + "attn_out.weight")], compute, _bias(t, p + "attn_out.bias"))
+        if cfg.mlp == "gated_silu":
+            mlp_in = make_linear([_need(t, p + "gate.weight"), _need(t, p + "up.weight")], compute)
+        else:
+            mlp_in = make_linear([_need(t, p + "mlp_in.weight")], compute, _bias(t, p + "mlp_in.bias"))
+        mlp_out = make_linear([_need(t, p + "mlp_out.weight")], compute, _bias(t, p + "mlp_out.bias"))
+        layers.append(Layer(qkv, attn_out, mlp_in, mlp_out,
+                            _dense(t, p + "attn_norm.weight"), _dense(t, p + "attn_norm.bias"),
+                            _dense(t, p + "mlp_norm.weight"), _dense(t, p + "mlp_norm.bias")))
+    embed = make_linear([_need(t, "embed")], compute)
+    if cfg.tie_word_embeddings or "lm_head.weight" not in t:
+        lm_head = embed
+    else:
+        lm_head = make_linear([t["lm_head.weight"]], compute, _bias(t, "lm_head.bias"))
+    return Engine(hidden=cfg.hidden_size, n_head=cfg.num_heads, n_kv_head=cfg.num_kv_heads,
+                  head_dim=cfg.head_dim, vocab=cfg.vocab_size, norm=cfg.norm, eps=cfg.norm_eps,
+                  mlp=cfg.mlp, residual=cfg.residual, rot_dim=cfg.rotary_dim,
+                  rot_interleaved=cfg.rotary_interleaved, inv_freq=cfg.inv_freq(), layers=layers,
+                  embed=embed, lm_head=lm_head, final_norm_w=_dense(t, "final_norm.weight"),
+                  final_norm_b=_dense(t, "final_norm.bias"), emb_norm_w=_dense(t, "emb_norm.weight"),
+                  emb_norm_b=_dense(t, "emb_norm.bias"), window=cfg.sliding_window, max_chunk=max_chunk)
