@@ -52,7 +52,7 @@ class Model:
         self.source = source
         self.memory_dtype = memory_dtype
         self._tensors = tensors
-        self.engine = build_engine(config, tensors, quant.compute_dtype)
+        self.engine = build_engine(config, tensors, quant.compute_dtype, quant.head_compute)
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -10,7 +10,7 @@ import numpy as np
 from llmrt._core.engine import Engine, Layer
 from llmrt._kernels._ops import Linear
 from llmrt.config import ModelConfig, WeightOnlyQuantConfig
-from llmrt.formats import QuantFormat
+from llmrt.formats import KernelWeights, QuantFormat
 
 # tensors that are matrices of a linear layer (quantizable)
 _LINEAR = re.compile(r"layers\.\d+\.(q|k|v|qkv|attn_out|gate|up|mlp_in|mlp_out)\.weight")
@@ -52,22 +52,16 @@ def quantize_stream(tensors: Iterable[tuple[str, np.ndarray]], cfg: ModelConfig,
             yield name, np.ascontiguousarray(arr, dtype=np.float32), None
 
 
-def _kernel_parts(arr: np.ndarray, fmt: QuantFormat | None):
-    if fmt is None:
-        return None
-    return fmt.to_kernel(arr)
-
-
-def make_linear(parts: list[Stored], compute: str, bias: np.ndarray | None = None) -> Linear:
-    """One Linear from the row-concatenation of several stored matrices (fused QKV, gate-up)."""
+def fuse_rows(parts: list[Stored]):
+    """Kernel-layout weights of the row-concatenation of several stored matrices (fused QKV,
+    gate-up): a dense float array, or KernelWeights."""
     fmts = [f for _, f in parts]
     if all(f is None for f in fmts):
         arrs = [a for a, _ in parts]
         if all(a.dtype == np.float16 for a in arrs):
-            w = arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
-        else:
-            w = np.concatenate([np.asarray(a, np.float32) for a in arrs]) if len(arrs) > 1 else np.asarray(arrs[0], np.float32)
-        return Linear.dense(w, bias)
+            return arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
+        return np.asarray(arrs[0], np.float32) if len(arrs) == 1 else np.concatenate(
+            [np.asarray(a, np.float32) for a in arrs])
     if any(f is None for f in fmts):
         raise ValueError("cannot fuse quantized and dense matrices into one layer")
     ks = [f.to_kernel(a) for a, f in parts]
@@ -77,15 +71,25 @@ def make_linear(parts: list[Stored], compute: str, bias: np.ndarray | None = Non
         raise ValueError("matrices fused into one layer must share bit width and group size; "
                          f"got bits {sorted(bits)} groups {sorted(groups)}")
     if len(ks) == 1:
-        k0 = ks[0]
-        return Linear.quantized(k0.qs, k0.d, k0.m, k0.bits, k0.group, bias=bias, compute=compute)
+        return ks[0]
     b = ks[0].bits
     ms = None
     if any(k.m is not None for k in ks):
+        # a matrix without offsets gets its implicit ones (int4: -8d, int8: 0)
         ms = np.concatenate([k.m if k.m is not None else (-8.0 * k.d if b == 4 else np.zeros_like(k.d))
                              for k in ks]).astype(np.float32)
-    return Linear.quantized(np.concatenate([k.qs for k in ks]), np.concatenate([k.d for k in ks]), ms,
-                            b, ks[0].group, bias=bias, compute=compute)
+    return KernelWeights(np.concatenate([k.qs for k in ks]), np.concatenate([k.d for k in ks]), ms, b, ks[0].group)
+
+
+def linear_from(w, compute: str, bias: np.ndarray | None = None) -> Linear:
+    """A Linear over kernel-layout weights; several Linears may share the same arrays."""
+    if isinstance(w, np.ndarray):
+        return Linear.dense(w, bias)
+    return Linear.quantized(w.qs, w.d, w.m, w.bits, w.group, bias=bias, compute=compute)
+
+
+def make_linear(parts: list[Stored], compute: str, bias: np.ndarray | None = None) -> Linear:
+    return linear_from(fuse_rows(parts), compute, bias)
 
 
 def _bias(t: Mapping[str, Stored], *names: str) -> np.ndarray | None:
@@ -110,7 +114,8 @@ def _dense(t: Mapping[str, Stored], name: str) -> np.ndarray | None:
     return np.asarray(t[name][0], dtype=np.float32)
 
 
-def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, max_chunk: int = 512) -> Engine:
+def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_compute: str | None = None,
+                 max_chunk: int = 512) -> Engine:
     layers = []
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
@@ -128,11 +133,13 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, max_ch
         layers.append(Layer(qkv, attn_out, mlp_in, mlp_out,
                             _dense(t, p + "attn_norm.weight"), _dense(t, p + "attn_norm.bias"),
                             _dense(t, p + "mlp_norm.weight"), _dense(t, p + "mlp_norm.bias")))
-    embed = make_linear([_need(t, "embed")], compute)
+    embed_w = fuse_rows([_need(t, "embed")])
+    embed = linear_from(embed_w, compute)
+    head_compute = head_compute or compute
     if cfg.tie_word_embeddings or "lm_head.weight" not in t:
-        lm_head = embed
+        lm_head = linear_from(embed_w, head_compute)      # shares the embedding's arrays
     else:
-        lm_head = make_linear([t["lm_head.weight"]], compute, _bias(t, "lm_head.bias"))
+        lm_head = make_linear([t["lm_head.weight"]], head_compute, _bias(t, "lm_head.bias"))
     return Engine(hidden=cfg.hidden_size, n_head=cfg.num_heads, n_kv_head=cfg.num_kv_heads,
                   head_dim=cfg.head_dim, vocab=cfg.vocab_size, norm=cfg.norm, eps=cfg.norm_eps,
                   mlp=cfg.mlp, residual=cfg.residual, rot_dim=cfg.rotary_dim,
