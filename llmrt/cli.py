@@ -65,7 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     else:
         text = prompt
-    ids = tok(text, return_tensors="np", add_special_tokens=not args.no_chat).input_ids
+    # a chat template already writes every special token; a raw prompt gets what the tokenizer adds
+    ids = tok(text, return_tensors="np", add_special_tokens=args.no_chat).input_ids
     streamer = _ColorStreamer(tok, color=args.color)
     if args.color:
         sys.stdout.write("\033[33m" + prompt + "\033[0m\n")
