@@ -1,4 +1,4 @@
-"""Command line: `llmrt run` (convert + quantize + generate in one go) and `llmrt info`."""
+"""Command line: `llmrt run` (convert + quantize + generate in one go), `llmrt chat` and `llmrt info`."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alg", default="sym", help="sym | asym")
     g.add_argument("--scale_dtype", default="fp32", help="fp32 | bf16")
     g.add_argument("--compute_dtype", default="int8", help="int8 | fp32 | bf16")
+    g.add_argument("--activation_precision", default="high",
+                   help="int8 | auto | high (default high: two int8 passes per layer; chat prompts are short)")
     g.add_argument("--use_cache", action="store_true", help="reuse / write the quantized model cache")
 
 
@@ -55,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no model at {path}")
     q = WeightOnlyQuantConfig(weight_dtype=args.weight_dtype, alg=args.alg, group_size=args.group_size,
                               scale_dtype=args.scale_dtype, compute_dtype=args.compute_dtype,
-                              use_cache=args.use_cache)
+                              activation_precision=args.activation_precision, use_cache=args.use_cache)
     t0 = time.perf_counter()
     model = Model.from_pretrained(path, q, compute_dtype=args.compute_dtype)
     tok = load_tokenizer(Path(args.tokenizer) if args.tokenizer else path)
@@ -91,6 +93,8 @@ def _isa() -> str:
 class _ColorStreamer:
     """Prints new text as it is generated (prompt skipped), optionally in color."""
 
+    skip_prompt = True          # tells generate(ignore_prompt=True) to send the prompt anyway
+
     def __init__(self, tok, color: bool):
         from transformers import TextStreamer
 
@@ -107,6 +111,55 @@ class _ColorStreamer:
 
     def end(self) -> None:
         self._inner.end()
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A multi-round conversation on stdin/stdout; the KV cache is kept between turns."""
+    from llmrt import Model, WeightOnlyQuantConfig
+
+    path = Path(args.model) if args.model else default_model_path()
+    if not path.exists():
+        raise FileNotFoundError(f"no model at {path}")
+    q = WeightOnlyQuantConfig(weight_dtype=args.weight_dtype, alg=args.alg, group_size=args.group_size,
+                              scale_dtype=args.scale_dtype, compute_dtype=args.compute_dtype,
+                              use_cache=args.use_cache)
+    model = Model.from_pretrained(path, q, compute_dtype=args.compute_dtype)
+    tok = load_tokenizer(Path(args.tokenizer) if args.tokenizer else path)
+    gen = dict(max_new_tokens=args.n_predict, do_sample=args.temperature > 0,
+               temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k, top_p=args.top_p,
+               repetition_penalty=args.repeat_penalty, seed=args.seed)
+    if args.ctx_size:
+        gen["ctx_size"] = args.ctx_size
+    if args.keep is not None or args.shift_roped_k:
+        gen.update(n_keep=args.keep if args.keep is not None else -1, shift_roped_k=args.shift_roped_k)
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(start)
+    tty = sys.stdin.isatty()
+    if tty:
+        print("llmrt chat: type a message; /reset starts over, /quit (or Ctrl-D) ends.", file=sys.stderr)
+    while True:
+        if tty:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit", "quit", "exit"):
+            break
+        if text == "/reset":
+            messages = list(start)
+            model.reset_conversation()
+            continue
+        messages.append({"role": "user", "content": text})
+        streamer = _ColorStreamer(tok, color=args.color)
+        t0 = time.perf_counter()
+        reply = model.chat(messages, tok, streamer=streamer, threads=args.threads, **gen)
+        dt = time.perf_counter() - t0
+        messages.append({"role": "assistant", "content": reply})
+        print(f"[llmrt] turn {sum(m['role'] == 'user' for m in messages)}: {dt:.2f} s", file=sys.stderr)
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -140,6 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tokenizer", default=None, help="tokenizer directory when the model is an .llmrt file")
     _add_quant_args(r)
     r.set_defaults(func=cmd_run)
+    c = sub.add_parser("chat", help="multi-round chat on stdin (chat template, KV cache kept between turns); "
+                                     "default model SmolLM2-135M-Instruct")
+    c.add_argument("model", nargs="?", help="HF model dir, .gguf or .llmrt file (default: SmolLM2-135M-Instruct)")
+    c.add_argument("-n", "--n_predict", type=int, default=256, help="most new tokens per answer (-1: until EOS)")
+    c.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    c.add_argument("-c", "--ctx_size", type=int, default=0, help="context size (default: the model's)")
+    c.add_argument("--keep", type=int, default=None,
+                   help="StreamingLLM: tokens kept from the start when the context is full (-1: the first prompt)")
+    c.add_argument("--shift_roped_k", action="store_true", help="StreamingLLM ring buffer instead of re-evaluation")
+    c.add_argument("--system", default=None, help="system prompt")
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    c.add_argument("--top_k", type=int, default=40)
+    c.add_argument("--top_p", type=float, default=0.95)
+    c.add_argument("--repeat_penalty", type=float, default=1.0)
+    c.add_argument("--color", action="store_true", help="color the answers")
+    c.add_argument("--tokenizer", default=None, help="tokenizer directory when the model is an .llmrt file")
+    _add_quant_args(c)
+    c.set_defaults(func=cmd_chat)
     i = sub.add_parser("info", help="version, ISA tiers, threads (and a model's description)")
     i.add_argument("model", nargs="?")
     i.set_defaults(func=cmd_info)

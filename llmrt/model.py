@@ -1,4 +1,4 @@
-"""Model: load (HF dir, GGUF, llmrt file), quantize, save, forward and generate."""
+"""Model: load (HF dir, GGUF, llmrt file), quantize, save, forward, generate and chat."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,8 @@ import numpy as np
 
 from llmrt import formats
 from llmrt.config import ModelConfig, WeightOnlyQuantConfig
-from llmrt.generation import as_id_batch, build_processors, generate_one
+from llmrt import generation
+from llmrt.generation import GenerateOutput, Session, as_id_batch
 from llmrt.hub import resolve_model_path
 from llmrt.models import family_by_name, family_for_gguf, family_for_hf
 from llmrt.runtime import compute_threads
@@ -52,7 +53,10 @@ class Model:
         self.source = source
         self.memory_dtype = memory_dtype
         self._tensors = tensors
-        self.engine = build_engine(config, tensors, quant.compute_dtype, quant.head_compute)
+        self.engine = build_engine(config, tensors, quant.compute_dtype, quant.head_compute,
+                                   two_pass=quant.activation_precision)
+        self._session = Session()           # the conversation kept by interactive generate() / chat()
+        self._generation_defaults: dict | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -69,10 +73,12 @@ class Model:
         if gguf_file is not None:
             path = path / gguf_file if path.is_dir() else path
         if path.is_file():
+            # stored weights are used as they are; how they run comes from the config
+            run = q.runtime_options()
             if formats.is_llmrt_file(path):
-                return cls.load(path, compute_dtype=compute_dtype, memory_dtype=memory_dtype)
+                return cls.load(path, memory_dtype=memory_dtype, **(run if quantization_config or compute_dtype else {}))
             if formats.is_gguf_file(path):
-                return cls.from_gguf(path, compute_dtype=q.compute_dtype, memory_dtype=memory_dtype)
+                return cls.from_gguf(path, memory_dtype=memory_dtype, **run)
             raise formats.ModelFileError(f"{path} is neither a GGUF file nor an llmrt model file "
                                          f"(pass a Hugging Face model directory, a .gguf or a .llmrt file)")
         if not path.is_dir():
@@ -98,7 +104,7 @@ class Model:
             cache_path = _cache_file(cache_dir, identity, q)
             if cache_path.is_file():
                 try:
-                    return cls.load(cache_path, compute_dtype=q.compute_dtype, memory_dtype=memory_dtype)
+                    return cls.load(cache_path, memory_dtype=memory_dtype, **q.runtime_options())
                 except formats.ModelFileError:
                     cache_path.unlink()          # a stale or damaged cache is rebuilt, never trusted
         stream = family.map_hf_tensors(config, formats.iter_checkpoint(path, progress=progress))
@@ -106,12 +112,13 @@ class Model:
         if cache_path is not None:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             _write_model_file(cache_path, config, q, source, quantized)
-            return cls.load(cache_path, compute_dtype=q.compute_dtype, memory_dtype=memory_dtype)
+            return cls.load(cache_path, memory_dtype=memory_dtype, **q.runtime_options())
         tensors = {name: (arr, fmt) for name, arr, fmt in quantized}
         return cls(config, q, tensors, source, memory_dtype)
 
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike, *, compute_dtype: str = "int8", memory_dtype: str = "f16") -> "Model":
+    def from_gguf(cls, path: str | os.PathLike, *, compute_dtype: str = "int8", memory_dtype: str = "f16",
+                  **runtime: Any) -> "Model":
         """Run a llama.cpp GGUF file; its Q4_0/Q4_1/Q8_0/F16/F32 tensors are used as stored."""
         gg = formats.GGUFFile(path)
         meta = gg.metadata
@@ -126,14 +133,15 @@ class Model:
             tensors[name] = (arr, fmt)
         kinds = sorted({f.name for _, f in tensors.values() if f is not None})
         q = WeightOnlyQuantConfig(weight_dtype="int8" if kinds == ["q8_0"] else "int4",
-                                  compute_dtype=compute_dtype)
+                                  compute_dtype=compute_dtype, **runtime)
         source = _Source("gguf", str(path), gg.identity(), {"architecture": arch, "formats": kinds})
         model = cls(config, q, tensors, source, memory_dtype)
         model._gguf = gg
         return model
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, compute_dtype: str | None = None, memory_dtype: str = "f16") -> "Model":
+    def load(cls, path: str | os.PathLike, *, compute_dtype: str | None = None, memory_dtype: str = "f16",
+             **runtime: Any) -> "Model":
         """Open an llmrt model file written by save() (memory-mapped)."""
         meta, arrays, fmts = formats.load_model_file(path)
         if meta.get("kind") != FILE_KIND:
@@ -141,9 +149,9 @@ class Model:
         config = ModelConfig.from_dict(meta["config"])
         family_by_name(config.family)
         q = WeightOnlyQuantConfig.from_dict(meta["quant"])
-        if compute_dtype is not None:
-            q.compute_dtype = compute_dtype
-            q.__post_init__()
+        if compute_dtype is not None or runtime:
+            q = WeightOnlyQuantConfig.from_dict({**q.to_dict(), **runtime,
+                                                 **({"compute_dtype": compute_dtype} if compute_dtype else {})})
         src = meta["source"]
         source = _Source(src["kind"], src["path"], src["identity"], src.get("extra", {}))
         tensors = {name: (arrays[name], fmts.get(name)) for name in arrays}
@@ -187,50 +195,55 @@ class Model:
 
     forward = __call__
 
-    def generate(self, input_ids: Any, max_new_tokens: int = 20, *, do_sample: bool = False,
-                 temperature: float = 1.0, top_k: int | None = 50, top_p: float = 1.0, min_p: float | None = None,
-                 repetition_penalty: float = 1.0, seed: int | None = None, streamer=None,
-                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-                 stopping_criteria=None, threads: int | None = None, ctx_size: int | None = None,
-                 attention_mask: Any = None, **kwargs: Any) -> np.ndarray:
-        """Continue each prompt row; returns (batch, prompt + new) int64 like transformers."""
-        unknown = set(kwargs) - {"use_cache", "num_beams", "output_scores", "return_dict_in_generate"}
-        if unknown:
-            raise TypeError(f"generate() got unsupported arguments: {', '.join(sorted(unknown))}")
-        ids = as_id_batch(input_ids)
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if eos_token_id is None:
-            eos_token_id = self.config.eos_token_id
-        mask = None if attention_mask is None else as_id_batch(attention_mask)
-        if streamer is not None and ids.shape[0] != 1:
-            raise ValueError("streamers work with one prompt at a time (batch size 1)")
-        procs = build_processors(do_sample, temperature, top_k, top_p, min_p, repetition_penalty)
-        rng = np.random.default_rng(seed)
-        rows = []
-        with compute_threads(threads):
-            for b in range(ids.shape[0]):
-                prompt = ids[b] if mask is None else ids[b][mask[b].astype(bool)]
-                if prompt.size == 0:
-                    raise ValueError("an empty prompt cannot be continued; pass at least one token")
-                need = prompt.size + max_new_tokens
-                ctx = need if ctx_size is None else int(ctx_size)
-                if prompt.size > ctx:
-                    raise ValueError(f"the prompt has {prompt.size} tokens, more than ctx_size={ctx}")
-                if need > ctx:
-                    raise ValueError(f"prompt ({prompt.size}) + max_new_tokens ({max_new_tokens}) exceeds "
-                                     f"ctx_size={ctx}; raise ctx_size or lower max_new_tokens")
-                cache = self.new_cache(ctx)
-                step = lambda toks, cache=cache: self.engine.forward(cache, toks)[0]
-                rows.append(generate_one(step, prompt, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                         processors=procs, rng=rng, eos_token_id=eos_token_id,
-                                         streamer=streamer, stopping_criteria=stopping_criteria))
-        width = max(r.size for r in rows)
-        pad = pad_token_id if pad_token_id is not None else (self.config.pad_token_id or 0)
-        out = np.full((len(rows), width), pad, dtype=np.int64)
-        for b, r in enumerate(rows):
-            out[b, :r.size] = r
-        return out
+    @property
+    def generation_defaults(self) -> dict:
+        """What generate() uses unless told otherwise: the model's special tokens and, for a Hugging
+        Face directory, its generation_config.json (like transformers' model.generation_config)."""
+        if self._generation_defaults is None:
+            self._generation_defaults = generation.model_defaults(self.config, self.source.kind, self.source.path)
+        return dict(self._generation_defaults)
+
+    def generate(self, input_ids: Any = None, generation_config: Any = None, logits_processor: Any = None,
+                 stopping_criteria: Any = None, *, streamer: Any = None, attention_mask: Any = None,
+                 threads: int | None = None, interactive: bool = False, ignore_prompt: bool = False,
+                 **kwargs: Any) -> np.ndarray | GenerateOutput:
+        """Continue each prompt row, like transformers' generate; returns (batch, prompt + new) int64
+        (or a GenerateOutput with return_dict_in_generate=True).
+
+        Options (keyword arguments or a transformers.GenerationConfig): max_new_tokens (-1: until EOS
+        or the context's end), max_length, min_new_tokens, min_length, do_sample, temperature, top_k,
+        top_p, min_p, typical_p, repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty,
+        early_stopping, num_return_sequences, eos_token_id (int or list), pad_token_id, seed,
+        output_scores, output_logits, return_dict_in_generate; the context: ctx_size, n_keep (-1: the
+        whole prompt), n_discard (-1: half), shift_roped_k.  Ragged batches: left padding with an
+        attention_mask; each row comes out as if generated alone.  logits_processor /
+        stopping_criteria: transformers' lists, called with torch tensors when torch is installed.
+        interactive=True keeps the KV cache for the next call (which then processes only new tokens);
+        a call with interactive=False ends that conversation.  ignore_prompt=True returns new tokens only."""
+        return generation.generate(self, input_ids, generation_config, logits_processor, stopping_criteria,
+                                   streamer=streamer, attention_mask=attention_mask, threads=threads,
+                                   interactive=interactive, ignore_prompt=ignore_prompt, session=self._session,
+                                   **kwargs)
+
+    def chat(self, messages: list[dict], tokenizer: Any, *, streamer: Any = None, threads: int | None = None,
+             chat_template: str | None = None, **kwargs: Any) -> str:
+        """Answer the last message of a conversation ([{"role": ..., "content": ...}, ...]) through the
+        tokenizer's chat template (ChatML when it has none); returns the reply text.  The KV cache is
+        kept between turns, so a turn processes only what the cache does not hold yet.  Generation
+        options as for generate() (max_new_tokens defaults to 512)."""
+        ids = generation.chat_input_ids(messages, tokenizer, chat_template)
+        kwargs.setdefault("max_new_tokens", 512)
+        if "eos_token_id" not in kwargs:
+            eos = generation.GenerationOptions(eos_token_id=self.generation_defaults.get("eos_token_id")).eos_ids
+            kwargs["eos_token_id"] = generation.stop_tokens(tokenizer, eos)
+        out = generation.generate(self, [ids], streamer=streamer, threads=threads, interactive=True,
+                                  ignore_prompt=True, session=self._session, whole_conversation=True, **kwargs)
+        new = out.sequences if isinstance(out, GenerateOutput) else out
+        return tokenizer.decode([int(t) for t in new[0]], skip_special_tokens=True)
+
+    def reset_conversation(self) -> None:
+        """Forget the conversation kept by interactive generate() / chat()."""
+        self._session.reset()
 
     def describe(self) -> dict:
         return {"family": self.config.family, "source": self.source.kind, "path": self.source.path,

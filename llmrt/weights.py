@@ -115,7 +115,7 @@ def _dense(t: Mapping[str, Stored], name: str) -> np.ndarray | None:
 
 
 def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_compute: str | None = None,
-                 max_chunk: int = 512) -> Engine:
+                 two_pass: str = "int8", max_chunk: int = 512) -> Engine:
     layers = []
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
@@ -146,4 +146,5 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
                   rot_interleaved=cfg.rotary_interleaved, inv_freq=cfg.inv_freq(), layers=layers,
                   embed=embed, lm_head=lm_head, final_norm_w=_dense(t, "final_norm.weight"),
                   final_norm_b=_dense(t, "final_norm.bias"), emb_norm_w=_dense(t, "emb_norm.weight"),
-                  emb_norm_b=_dense(t, "emb_norm.bias"), window=cfg.sliding_window, max_chunk=max_chunk)
+                  emb_norm_b=_dense(t, "emb_norm.bias"), window=cfg.sliding_window, max_chunk=max_chunk,
+                  two_pass={"int8": "none", "auto": "down", "high": "all"}[two_pass])

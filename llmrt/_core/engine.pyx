@@ -11,8 +11,8 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint16_t
 from libc.string cimport memcpy
 from libc.math cimport cos, sin
 
-from llmrt._kernels._ops cimport Linear, active_kernels
-from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, lr_f32_to_f16, LR_QK
+from llmrt._kernels._ops cimport ActScratch, Linear, active_kernels
+from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, lr_f32_to_f16, lr_f16_to_f32, LR_QK
 from llmrt._core.ops cimport (rms_norm, layer_norm, rotary, silu_mul, activate,
                               ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU)
 
@@ -25,12 +25,25 @@ RESIDUALS = {"sequential": 0, "parallel": 1, "parallel_shared_norm": 2}
 
 
 cdef class KVCache:
-    """Keys and values of one sequence for every layer: (n_layer, n_kv_head, ctx, head_dim)."""
+    """Keys and values of one sequence for every layer: (n_layer, n_kv_head, ctx, head_dim).
+
+    Logical token i (0 <= i < n_past) has the rotary position pos_base + i.  Slots hold logical
+    tokens in order until a StreamingLLM ring wraps (Engine.ring_advance): then slots [0, ring_keep)
+    keep the first tokens (the attention sinks) and logical token ring_keep + j sits in slot
+    ring_keep + (ring_head + j) % (ctx - ring_keep).  Attention does not care about slot order,
+    only about the rotation each key carries, so a wrapped ring still decodes one token at a time."""
     cdef readonly cnp.ndarray k
     cdef readonly cnp.ndarray v
     cdef readonly int64_t ctx
     cdef public int64_t n_past
     cdef public int64_t kv_begin
+    cdef readonly int64_t pos_base
+    cdef readonly int64_t ring_keep
+    cdef readonly int64_t ring_head
+    # f32 copy of the sink keys as rotated at position base sinks_base: the sinks are re-rotated
+    # from it on every shift, so f16 rounding does not pile up over thousands of shifts
+    cdef object sinks
+    cdef int64_t sinks_base
 
     def __init__(self, int n_layer, int n_kv_head, int64_t ctx, int head_dim, dtype="f16"):
         if dtype not in ("f16", "f32"):
@@ -41,8 +54,7 @@ cdef class KVCache:
         self.k = np.zeros((n_layer, n_kv_head, ctx, head_dim), dtype=npdt)
         self.v = np.zeros((n_layer, n_kv_head, ctx, head_dim), dtype=npdt)
         self.ctx = ctx
-        self.n_past = 0
-        self.kv_begin = 0
+        self.reset()
 
     @property
     def dtype(self):
@@ -52,9 +64,79 @@ cdef class KVCache:
     def nbytes(self):
         return self.k.nbytes + self.v.nbytes
 
+    @property
+    def wrapped(self):
+        """True while the ring's slot order differs from the logical order."""
+        return self.ring_head != 0
+
     def reset(self):
         self.n_past = 0
         self.kv_begin = 0
+        self.pos_base = 0
+        self.ring_keep = 0
+        self.ring_head = 0
+        self.sinks = None
+        self.sinks_base = 0
+
+    cdef int64_t _slot(self, int64_t i) noexcept:
+        if self.ring_head == 0 or i < self.ring_keep:
+            return i
+        return self.ring_keep + (self.ring_head + i - self.ring_keep) % (self.ctx - self.ring_keep)
+
+    def slot(self, int64_t i):
+        """Cache slot of logical token i."""
+        if i < 0 or i >= self.ctx:
+            raise IndexError(f"logical index {i} outside a cache of {self.ctx}")
+        return self._slot(i)
+
+    def linearize(self):
+        """Put the ring back in logical order (needed before several tokens are fed at once)."""
+        if self.ring_head == 0:
+            return
+        keep, head = self.ring_keep, self.ring_head
+        for arr in (self.k, self.v):
+            arr[:, :, keep:] = np.roll(arr[:, :, keep:], -head, axis=2)
+        self.ring_head = 0
+
+    def truncate(self, int64_t n):
+        """Forget every token from logical index n on (they are recomputed or replaced next)."""
+        if n < 0 or n > self.n_past:
+            raise ValueError(f"cannot truncate a cache of {self.n_past} tokens to {n}")
+        self.linearize()
+        self.n_past = n
+        if n < self.ring_keep:
+            self.ring_keep = 0
+            self.sinks = None
+
+    def copy_from(self, KVCache other):
+        """Become a copy of other (same model and capacity), e.g. when a beam is forked."""
+        if other is self:
+            return
+        if other.k.shape[0] != self.k.shape[0] or other.k.shape[1] != self.k.shape[1] or \
+                other.k.shape[3] != self.k.shape[3] or other.ctx != self.ctx or other.k.dtype != self.k.dtype:
+            raise ValueError("copy_from needs a cache of the same model, capacity and dtype")
+        used = other.ctx if other.ring_head != 0 else other.n_past
+        self.k[:, :, :used] = other.k[:, :, :used]
+        self.v[:, :, :used] = other.v[:, :, :used]
+        self.n_past, self.kv_begin, self.pos_base = other.n_past, other.kv_begin, other.pos_base
+        self.ring_keep, self.ring_head = other.ring_keep, other.ring_head
+        self.sinks = None if other.sinks is None else other.sinks.copy()
+        self.sinks_base = other.sinks_base
+
+    def resized(self, int64_t ctx):
+        """A new cache of capacity ctx holding the same tokens (a cache grows as a sequence does)."""
+        if ctx < self.n_past:
+            raise ValueError(f"a cache of {ctx} cannot hold the {self.n_past} cached tokens")
+        self.linearize()
+        out = KVCache(self.k.shape[0], self.k.shape[1], ctx, self.k.shape[3], self.dtype)
+        n = self.n_past
+        out.k[:, :, :n] = self.k[:, :, :n]
+        out.v[:, :, :n] = self.v[:, :, :n]
+        out.n_past, out.kv_begin, out.pos_base = n, self.kv_begin, self.pos_base
+        out.ring_keep = self.ring_keep
+        out.sinks = None if self.sinks is None else self.sinks.copy()
+        out.sinks_base = self.sinks_base
+        return out
 
 
 cdef class Layer:
@@ -91,13 +173,15 @@ cdef class Engine:
     cdef readonly Linear embed, lm_head
     cdef object final_norm_w, final_norm_b, inv_freq, emb_norm_w, emb_norm_b
     cdef readonly int64_t max_chunk
+    cdef readonly ActScratch act_scratch
     # scratch, sized for max_chunk rows
     cdef cnp.ndarray x, h, h2, qkv, att, o, mi, act, m, aq, ad, asum, cs, sn, logits_row
 
     def __init__(self, *, int hidden, int n_head, int n_kv_head, int head_dim, int vocab,
                  str norm, float eps, str mlp, str residual, int rot_dim, bint rot_interleaved,
                  inv_freq, list layers, Linear embed, Linear lm_head, final_norm_w, final_norm_b=None,
-                 emb_norm_w=None, emb_norm_b=None, int64_t window=0, attn_scale=None, int64_t max_chunk=512):
+                 emb_norm_w=None, emb_norm_b=None, int64_t window=0, attn_scale=None, int64_t max_chunk=512,
+                 str two_pass="none"):
         if norm not in NORMS or mlp not in MLPS or residual not in RESIDUALS:
             raise ValueError(f"unknown block option: norm={norm!r} mlp={mlp!r} residual={residual!r}")
         if n_kv_head <= 0 or n_head % n_kv_head:
@@ -124,6 +208,16 @@ cdef class Engine:
         self.max_chunk = max_chunk
         self._check_shapes()
         self._alloc(max_chunk)
+        if two_pass not in ("none", "down", "all"):
+            raise ValueError(f"two_pass must be none, down or all, got {two_pass!r}")
+        if two_pass != "none":
+            # "down": the MLP down projection's input carries the outliers int8 rounding hurts most
+            lins = [(<Layer> L).mlp_out for L in layers]
+            if two_pass == "all":
+                lins += [l for L in layers for l in ((<Layer> L).qkv, (<Layer> L).attn_out, (<Layer> L).mlp_in)]
+            self.act_scratch = ActScratch(max_chunk, max(l.k for l in lins), max(l.n for l in lins))
+            for l in lins:
+                (<Linear> l).use_two_pass_activations(self.act_scratch)
 
     def _check_shapes(self):
         qkv_n = (self.n_head + 2 * self.n_kv_head) * self.head_dim
@@ -180,28 +274,18 @@ cdef class Engine:
         """Append tokens to the sequence in cache and return logits: (n, vocab) float32 if
         all_logits else (1, vocab) for the last token.  hidden_states (a list) receives
         n_layer + 1 arrays (n, hidden) like transformers' output_hidden_states."""
-        cdef cnp.ndarray toks = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+        cdef cnp.ndarray toks = self._tokens(tokens)
         cdef int64_t n = toks.shape[0]
-        if n == 0:
-            raise ValueError("no tokens to process")
-        lo, hi = int(toks.min()), int(toks.max())
-        if lo < 0 or hi >= self.vocab:
-            bad = hi if hi >= self.vocab else lo
-            raise ValueError(f"token id {bad} is out of range for a vocabulary of {self.vocab}")
-        if cache.n_past + n > cache.ctx:
-            raise ValueError(f"context overflow: {cache.n_past} cached + {n} new tokens > ctx_size {cache.ctx}; "
-                             f"raise ctx_size or shorten the prompt")
-        if cache.k.shape[0] != self.n_layer or cache.k.shape[1] != self.n_kv_head or cache.k.shape[3] != self.head_dim:
-            raise ValueError("this KV cache belongs to a different model shape")
+        self._check_cache(cache, n)
         if hidden_states is not None:
             del hidden_states[:]
             for _ in range(self.n_layer + 1):
                 hidden_states.append(np.empty((n, self.hidden), np.float32))
         out = np.empty((n if all_logits else 1, self.vocab), np.float32)
-        cdef int64_t start = 0, rows
+        cdef int64_t start = 0, rows = 0
         while start < n:
             rows = min(self.max_chunk, n - start)
-            self._chunk(cache, toks[start:start + rows], hidden_states, start)
+            self._chunk([cache], toks[start:start + rows], hidden_states, start)
             if all_logits:
                 self._head(rows, out[start:start + rows])
             start += rows
@@ -209,9 +293,50 @@ cdef class Engine:
             self._head_last(rows, out)
         return out
 
-    cdef void _chunk(self, KVCache cache, cnp.ndarray toks, list hidden_states, int64_t hs_off) except *:
+    def forward_batch(self, list caches, tokens):
+        """One new token for each of several sequences (batch rows, beams): the weights are read
+        once for all of them.  Returns logits (len(caches), vocab) float32."""
+        cdef cnp.ndarray toks = self._tokens(tokens)
+        cdef int64_t n = toks.shape[0], start = 0, rows
+        if n != len(caches):
+            raise ValueError(f"forward_batch got {n} tokens for {len(caches)} caches")
+        if len({id(c) for c in caches}) != n:
+            raise ValueError("forward_batch needs one distinct cache per token")
+        for c in caches:
+            self._check_cache(c, 1)
+        out = np.empty((n, self.vocab), np.float32)
+        while start < n:
+            rows = min(self.max_chunk, n - start)
+            self._chunk(caches[start:start + rows], toks[start:start + rows], None, 0)
+            self._head(rows, out[start:start + rows])
+            start += rows
+        return out
+
+    cdef cnp.ndarray _tokens(self, tokens):
+        cdef cnp.ndarray toks = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+        if toks.shape[0] == 0:
+            raise ValueError("no tokens to process")
+        lo, hi = int(toks.min()), int(toks.max())
+        if lo < 0 or hi >= self.vocab:
+            bad = hi if hi >= self.vocab else lo
+            raise ValueError(f"token id {bad} is out of range for a vocabulary of {self.vocab}")
+        return toks
+
+    cdef void _check_cache(self, KVCache cache, int64_t n) except *:
+        if cache.k.shape[0] != self.n_layer or cache.k.shape[1] != self.n_kv_head or cache.k.shape[3] != self.head_dim:
+            raise ValueError("this KV cache belongs to a different model shape")
+        if cache.n_past + n > cache.ctx:
+            raise ValueError(f"context overflow: {cache.n_past} cached + {n} new tokens > ctx_size {cache.ctx}; "
+                             f"raise ctx_size or shorten the prompt")
+        if cache.ring_head != 0 and n > 1:
+            raise ValueError("the KV ring buffer is wrapped: call cache.linearize() before feeding several tokens")
+
+    cdef void _chunk(self, list caches, cnp.ndarray toks, list hidden_states, int64_t hs_off) except *:
+        """Run rows through every block.  With one cache the rows are consecutive tokens of one
+        sequence; with several, row i is the next token of caches[i]."""
         cdef int64_t rows = toks.shape[0]
-        cdef int64_t pos0 = cache.n_past
+        cdef int64_t nseg = len(caches)
+        cdef int64_t seg_rows = rows if nseg == 1 else 1
         cdef const int64_t *tk = <const int64_t *> cnp.PyArray_DATA(toks)
         cdef float *x = <float *> cnp.PyArray_DATA(self.x)
         cdef float *h = <float *> cnp.PyArray_DATA(self.h)
@@ -232,17 +357,12 @@ cdef class Engine:
         cdef const float *enb = _ptr(self.emb_norm_b)
         cdef int64_t H = self.hidden, hd = self.head_dim, nh = self.n_head, nkv = self.n_kv_head
         cdef int64_t qkv_n = (nh + 2 * nkv) * hd, att_n = nh * hd, half = self.rot_dim // 2
-        cdef int64_t t, i, l, kvh, ff, mi_n, pos
+        cdef int64_t t, i, l, s, kvh, ff, mi_n, pos, row, slot
         cdef Layer lay
         cdef const float *anw
         cdef const float *anb
         cdef const float *mnw
         cdef const float *mnb
-        cdef bint kv16 = cache.k.dtype == np.float16
-        cdef char *kbase = <char *> cnp.PyArray_DATA(cache.k)
-        cdef char *vbase = <char *> cnp.PyArray_DATA(cache.v)
-        cdef int64_t esize = 2 if kv16 else 4
-        cdef int64_t layer_stride = nkv * cache.ctx * hd
         cdef lr_attn_args a
         cdef const lr_kernels *K = active_kernels()
         cdef float theta
@@ -250,13 +370,34 @@ cdef class Engine:
         cdef float *src
         cdef char *kdst
         cdef char *vdst
+        cdef KVCache c
+        # per sequence: where its rows write K/V and which slots they attend to
+        cdef cnp.ndarray segs = np.empty((nseg, 6), np.int64)
+        cdef int64_t[:, ::1] sg = segs
+        cdef cnp.ndarray bases = np.empty((nseg, 2), np.uintp)
+        cdef size_t[:, ::1] bp = bases
+        cdef bint kv16 = caches[0].k.dtype == np.float16
+        cdef int64_t esize = 2 if kv16 else 4
+        for s in range(nseg):
+            c = <KVCache> caches[s]
+            if (c.k.dtype == np.float16) != kv16:
+                raise ValueError("caches of one batch must share their memory dtype")
+            sg[s, 0] = c.pos_base + c.n_past                   # rotary position of the first row
+            sg[s, 1] = c._slot(c.n_past)                       # slot of the first row
+            # attention range: slots [.., att] hold this token and everything before it
+            sg[s, 2] = c.n_past if c.ring_head == 0 else c.ctx - 1
+            sg[s, 3] = self.window if c.ring_head == 0 else 0  # a ring only runs when window >= ctx
+            sg[s, 4] = c.ctx
+            sg[s, 5] = c.kv_begin
+            bp[s, 0] = <size_t> cnp.PyArray_DATA(c.k)
+            bp[s, 1] = <size_t> cnp.PyArray_DATA(c.v)
 
         with nogil:
             for t in range(rows):
                 self.embed.row(tk[t], x + t * H)
                 if enw != NULL:
                     layer_norm(x + t * H, x + t * H, enw, enb, H, self.eps)
-                pos = pos0 + t
+                pos = sg[t // seg_rows, 0] + t % seg_rows
                 for i in range(half):
                     theta = <float> pos * inv_freq[i]
                     cs[t * half + i] = <float> cos(theta)
@@ -279,32 +420,35 @@ cdef class Engine:
                     if half > 0:
                         rotary(qkv + t * qkv_n, nh + nkv, hd, self.rot_dim, self.interleaved,
                                cs + t * half, sn + t * half)
-                    # K and V of this token into the cache
-                    pos = pos0 + t
-                    for kvh in range(nkv):
-                        src = qkv + t * qkv_n + (nh + kvh) * hd
-                        kdst = kbase + (l * layer_stride + (kvh * cache.ctx + pos) * hd) * esize
-                        vdst = vbase + (l * layer_stride + (kvh * cache.ctx + pos) * hd) * esize
-                        _store(src, kdst, hd, kv16)
-                        _store(src + nkv * hd, vdst, hd, kv16)
-                a.q = qkv
-                a.q_stride = qkv_n
-                a.out = att
-                a.out_stride = att_n
-                a.n_tok = rows
-                a.pos0 = pos0
-                a.n_head = <int> nh
-                a.n_kv_head = <int> nkv
-                a.head_dim = <int> hd
-                a.kv_f16 = kv16
-                a.k_cache = kbase + l * layer_stride * esize
-                a.v_cache = vbase + l * layer_stride * esize
-                a.ctx = cache.ctx
-                a.kv_begin = cache.kv_begin
-                a.window = self.window
-                a.scale = self.attn_scale
-                a.alibi_slopes = NULL
-                K.attention(&a)
+                for s in range(nseg):
+                    # K and V of this sequence's rows into its cache
+                    for t in range(seg_rows):
+                        row = s * seg_rows + t
+                        slot = sg[s, 1] + t
+                        for kvh in range(nkv):
+                            src = qkv + row * qkv_n + (nh + kvh) * hd
+                            kdst = <char *> bp[s, 0] + (l * nkv * sg[s, 4] + kvh * sg[s, 4] + slot) * hd * esize
+                            vdst = <char *> bp[s, 1] + (l * nkv * sg[s, 4] + kvh * sg[s, 4] + slot) * hd * esize
+                            _store(src, kdst, hd, kv16)
+                            _store(src + nkv * hd, vdst, hd, kv16)
+                    a.q = qkv + s * seg_rows * qkv_n
+                    a.q_stride = qkv_n
+                    a.out = att + s * seg_rows * att_n
+                    a.out_stride = att_n
+                    a.n_tok = seg_rows
+                    a.pos0 = sg[s, 2]
+                    a.n_head = <int> nh
+                    a.n_kv_head = <int> nkv
+                    a.head_dim = <int> hd
+                    a.kv_f16 = kv16
+                    a.k_cache = <char *> bp[s, 0] + l * nkv * sg[s, 4] * hd * esize
+                    a.v_cache = <char *> bp[s, 1] + l * nkv * sg[s, 4] * hd * esize
+                    a.ctx = sg[s, 4]
+                    a.kv_begin = sg[s, 5]
+                    a.window = sg[s, 3]
+                    a.scale = self.attn_scale
+                    a.alibi_slopes = NULL
+                    K.attention(&a)
                 lay.attn_out.apply(att, att_n, rows, o, H, aq, ad, asum)
 
                 if self.residual == 0:
@@ -326,12 +470,128 @@ cdef class Engine:
                         x[i] = x[i] + o[i] + m[i]
             if want_hidden and l < self.n_layer - 1:
                 hidden_states[l + 1][hs_off:hs_off + rows] = self.x[:rows]
-        cache.n_past = pos0 + rows
+        for s in range(nseg):
+            c = <KVCache> caches[s]
+            c.n_past += seg_rows
         if want_hidden:
             # transformers reports the last hidden state after the final norm
             fin = hidden_states[self.n_layer]
             self._final_norm_rows(0, rows)
             fin[hs_off:hs_off + rows] = self.h[:rows]
+
+    # ------------------------------------------------------------ StreamingLLM position shifts
+    @property
+    def can_shift_keys(self):
+        """Whether cached keys can be moved to other positions by rotation alone (rotary
+        families).  ALiBi joins by shifting nothing and keeping slots in logical order (its bias
+        is taken from slot distance); learned positions cannot shift: re-evaluate instead."""
+        return self.rot_dim > 0
+
+    def ring_fits(self, int64_t ctx):
+        """A wrapped ring is attended as one unordered set, so a sliding window must cover it."""
+        return self.can_shift_keys and (self.window <= 0 or self.window >= ctx)
+
+    def ring_advance(self, KVCache cache, int64_t n_keep):
+        """Make room for one token in a full cache by dropping the oldest token after the first
+        n_keep; the freed slot is where the next token goes (a ring, nothing is moved)."""
+        self._check_shift(cache, n_keep)
+        if cache.n_past != cache.ctx:
+            raise ValueError(f"ring_advance needs a full cache ({cache.n_past} of {cache.ctx} used)")
+        if not self.ring_fits(cache.ctx):
+            raise ValueError(f"a ring of {cache.ctx} does not fit the sliding window {self.window}; use shift_window")
+        if cache.ring_keep != n_keep:
+            cache.linearize()
+            cache.ring_keep = n_keep
+            cache.sinks = None
+        self._capture_sinks(cache)
+        cache.ring_head = (cache.ring_head + 1) % (cache.ctx - n_keep)
+        cache.n_past -= 1
+        self._advance_positions(cache, 1)
+
+    def shift_window(self, KVCache cache, int64_t n_keep, int64_t n_drop):
+        """Drop n_drop tokens after the first n_keep, moving the later ones down (slots stay in
+        logical order, so several tokens can be fed next)."""
+        self._check_shift(cache, n_keep)
+        if n_drop <= 0 or n_keep + n_drop > cache.n_past:
+            raise ValueError(f"cannot drop {n_drop} tokens after {n_keep} kept from {cache.n_past} cached")
+        cache.linearize()
+        if cache.ring_keep != n_keep:
+            cache.ring_keep = n_keep
+            cache.sinks = None
+        self._capture_sinks(cache)
+        end = cache.n_past
+        for arr in (cache.k, cache.v):
+            arr[:, :, n_keep:end - n_drop] = arr[:, :, n_keep + n_drop:end]
+        cache.n_past -= n_drop
+        self._advance_positions(cache, n_drop)
+
+    cdef void _check_shift(self, KVCache cache, int64_t n_keep) except *:
+        if not self.can_shift_keys:
+            raise ValueError("this model has no rotary positions: its cached keys cannot be shifted "
+                             "(use re-evaluation, shift_roped_k=False)")
+        if n_keep < 0 or n_keep >= cache.ctx - 1:
+            raise ValueError(f"n_keep={n_keep} must leave room in a cache of {cache.ctx}")
+        if cache.n_past < n_keep:
+            raise ValueError(f"n_keep={n_keep} is more than the {cache.n_past} cached tokens")
+
+    cdef void _capture_sinks(self, KVCache cache) except *:
+        if cache.sinks is None:
+            cache.sinks = np.array(cache.k[:, :, :cache.ring_keep], dtype=np.float32)
+            cache.sinks_base = cache.pos_base
+
+    cdef void _advance_positions(self, KVCache cache, int64_t delta) except *:
+        """Every kept token moved delta places closer to the start.  Attention only sees position
+        differences, so instead of rotating every window key back by delta (what neural-speed
+        does) the base moves forward and only the n_keep sink keys rotate forward: O(n_keep)."""
+        cdef int64_t keep = cache.ring_keep
+        cache.pos_base += delta
+        if cache.pos_base >= cache.ctx:
+            # keep rotary angles as small as in an unshifted cache: rotate the window back once
+            first, count = keep, (cache.ctx if cache.ring_head != 0 else cache.n_past) - keep
+            self._rotate(cache.k, cache.k, first, first, count, -<double> cache.pos_base)
+            cache.pos_base = 0
+        if keep > 0:
+            self._rotate(cache.sinks, cache.k, 0, 0, keep, <double> (cache.pos_base - cache.sinks_base))
+
+    cdef void _rotate(self, cnp.ndarray src, cnp.ndarray dst, int64_t src_first, int64_t dst_first,
+                      int64_t count, double delta) except *:
+        """dst[:, :, dst_first:+count] = src[:, :, src_first:+count] rotated by delta positions."""
+        cdef int64_t half = self.rot_dim // 2, L = dst.shape[0], nkv = dst.shape[1], hd = dst.shape[3]
+        cdef int64_t sctx = src.shape[2], dctx = dst.shape[2], l, h, j, i
+        if count <= 0:
+            return
+        cdef cnp.ndarray csn = np.empty(2 * half, np.float32)
+        cdef float *cs = <float *> cnp.PyArray_DATA(csn)
+        cdef const float *inv_freq = <const float *> cnp.PyArray_DATA(self.inv_freq)
+        for i in range(half):
+            cs[i] = <float> cos(delta * inv_freq[i])
+            cs[half + i] = <float> sin(delta * inv_freq[i])
+        cdef cnp.ndarray rown = np.empty(hd, np.float32)
+        cdef float *row = <float *> cnp.PyArray_DATA(rown)
+        cdef bint s16 = src.dtype == np.float16, d16 = dst.dtype == np.float16
+        cdef char *sb = <char *> cnp.PyArray_DATA(src)
+        cdef char *db = <char *> cnp.PyArray_DATA(dst)
+        cdef int64_t se = 2 if s16 else 4, de = 2 if d16 else 4
+        cdef int64_t soff, doff
+        with nogil:
+            for l in range(L):
+                for h in range(nkv):
+                    for j in range(count):
+                        soff = ((l * nkv + h) * sctx + src_first + j) * hd
+                        doff = ((l * nkv + h) * dctx + dst_first + j) * hd
+                        _load(sb + soff * se, row, hd, s16)
+                        rotary(row, 1, hd, self.rot_dim, self.interleaved, cs, cs + half)
+                        _store(row, db + doff * de, hd, d16)
+
+    def logical_kv(self, KVCache cache):
+        """Keys and values (n_layer, n_kv_head, n_past, head_dim) float32 in logical order, keys
+        rotated as if the sequence started at position 0 (for inspection and tests)."""
+        order = np.array([cache._slot(i) for i in range(cache.n_past)], dtype=np.int64)
+        k = np.ascontiguousarray(cache.k[:, :, order], dtype=np.float32)
+        v = np.ascontiguousarray(cache.v[:, :, order], dtype=np.float32)
+        if cache.pos_base and self.rot_dim:
+            self._rotate(k, k, 0, 0, k.shape[2], -<double> cache.pos_base)
+        return k, v
 
     cdef inline void _norm(self, const float *x, float *out, const float *w, const float *b, int64_t n) noexcept nogil:
         if self.norm_kind == 0:
@@ -381,6 +641,17 @@ cdef class Engine:
         self._final_norm_rows(rows - 1, 1)
         with nogil:
             self.lm_head.apply(h, self.hidden, 1, y, self.vocab, aq, ad, asum)
+
+
+cdef inline void _load(const char *src, float *dst, int64_t n, bint f16) noexcept nogil:
+    cdef int64_t i
+    cdef const uint16_t *s16
+    if f16:
+        s16 = <const uint16_t *> src
+        for i in range(n):
+            dst[i] = lr_f16_to_f32(s16[i])
+    else:
+        memcpy(dst, src, n * sizeof(float))
 
 
 cdef inline void _store(const float *src, char *dst, int64_t n, bint f16) noexcept nogil:

@@ -14,6 +14,17 @@ cdef enum:
     COMPUTE_FP32 = 1
     COMPUTE_BF16 = 2
 
+cdef class ActScratch:
+    """Scratch shared by the Linears of one engine for two-pass activation quantization."""
+    cdef readonly int64_t rows, max_k, max_n
+    cdef float *r
+    cdef int8_t *q
+    cdef float *d
+    cdef int32_t *s
+    cdef float *y
+    cdef readonly list arrays
+
+
 cdef class Linear:
     cdef readonly int64_t n
     cdef readonly int64_t k
@@ -24,6 +35,9 @@ cdef class Linear:
     cdef const uint16_t *w16
     cdef const float *bias_ptr
     cdef readonly dict arrays
+    cdef readonly int act_passes
+    cdef ActScratch scratch
     cdef void apply(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy,
                     int8_t *aq, float *ad, int32_t *asum) noexcept nogil
+    cdef void _apply_two_pass(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil
     cdef void row(self, int64_t j, float *out) noexcept nogil

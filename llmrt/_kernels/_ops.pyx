@@ -13,6 +13,7 @@ from llmrt._kernels.kernels cimport (
     LR_QK, LR_N_TIERS, lr_kernels, lr_qmat, lr_qact, lr_attn_args,
     lr_tier_name, lr_tier_compiled, lr_tier_supported, lr_best_tier, lr_tier_kernels,
     lr_set_threads, lr_get_threads, lr_openmp_enabled, lr_f16_to_f32,
+    lr_bf16_hw_available, lr_bf16_hw_enabled, lr_set_bf16_hw,
 )
 
 cnp.import_array()
@@ -68,6 +69,21 @@ def set_isa(name=None):
     return TIER_NAMES[tier]
 
 
+def bf16_instructions_available():
+    """True when this build and CPU can run the bf16 GEMM of the 512-bit tiers on AVX512-BF16."""
+    return bool(lr_bf16_hw_available())
+
+
+def bf16_instructions(enable=None):
+    """Whether the 512-bit tiers use AVX512-BF16 for bf16 compute when available (default True).
+    Pass a bool to change it (e.g. to test their portable bf16 code); returns the setting."""
+    global _active
+    if enable is not None:
+        lr_set_bf16_hw(1 if enable else 0)
+        _active = lr_tier_kernels(_active_tier)
+    return bool(lr_bf16_hw_enabled())
+
+
 def set_num_threads(int n):
     """Threads used by the kernels (OpenMP)."""
     if n < 1:
@@ -108,10 +124,32 @@ def _rows_f32(x, int64_t k, name="x"):
     return np.ascontiguousarray(x)
 
 
+cdef class ActScratch:
+    """Buffers for two-pass activation quantization, sized for `rows` rows of up to max_k inputs and
+    max_n outputs; one per engine, shared by its Linears (which run one at a time)."""
+
+    def __init__(self, int64_t rows, int64_t max_k, int64_t max_n):
+        nb = max_k // LR_QK + 1
+        r = np.zeros(rows * max_k, np.float32)
+        q = np.zeros(2 * rows * max_k + LR_QK, np.int8)
+        d = np.zeros(2 * rows * nb, np.float32)
+        s = np.zeros(2 * rows * nb, np.int32)
+        y = np.zeros(2 * rows * max_n, np.float32)
+        self.arrays = [r, q, d, s, y]
+        self.rows, self.max_k, self.max_n = rows, max_k, max_n
+        self.r = <float *> cnp.PyArray_DATA(r)
+        self.q = <int8_t *> cnp.PyArray_DATA(q)
+        self.d = <float *> cnp.PyArray_DATA(d)
+        self.s = <int32_t *> cnp.PyArray_DATA(s)
+        self.y = <float *> cnp.PyArray_DATA(y)
+
+
 cdef class Linear:
     """Y = X W^T (+ bias) for one weight matrix: dense fp32/fp16 or block-quantized."""
 
     def __cinit__(self):
+        self.act_passes = 1
+        self.scratch = None
         self.arrays = {}
         self.bias_ptr = NULL
         self.w32 = NULL
@@ -181,6 +219,18 @@ cdef class Linear:
         self.arrays["bias"] = b
         self.bias_ptr = <const float *> cnp.PyArray_DATA(b)
 
+    def use_two_pass_activations(self, ActScratch scratch):
+        """Under int8 compute, quantize the input twice (value, then the rounding residual) and run
+        both through one weight pass: ~15-bit activations for layers whose inputs have outliers
+        (the MLP down projection), at the cost of twice the integer dot products."""
+        if self.ikind != KIND_QUANT or self.icompute != COMPUTE_INT8:
+            return
+        if scratch.max_k < self.k or scratch.max_n < self.n:
+            raise ValueError(f"scratch of {scratch.max_k} inputs / {scratch.max_n} outputs is too small "
+                             f"for a {self.n}x{self.k} layer")
+        self.scratch = scratch
+        self.act_passes = 2
+
     @property
     def kind(self):
         return ("f32", "f16", f"q{self.q.bits}")[self.ikind]
@@ -205,6 +255,8 @@ cdef class Linear:
             _active.gemm_f32(self.w32, self.n, self.k, x, ldx, rows, y, ldy)
         elif self.ikind == KIND_F16:
             _active.gemm_f16(self.w16, self.n, self.k, x, ldx, rows, y, ldy)
+        elif self.icompute == COMPUTE_INT8 and self.act_passes == 2 and rows <= self.scratch.rows:
+            self._apply_two_pass(x, ldx, rows, y, ldy)
         elif self.icompute == COMPUTE_INT8:
             _active.quantize_act(x, ldx, rows, self.k, aq, ad, asum)
             act.rows, act.k, act.q, act.d, act.sum = rows, self.k, aq, ad, asum
@@ -217,6 +269,25 @@ cdef class Linear:
             for r in range(rows):
                 for j in range(self.n):
                     y[r * ldy + j] += self.bias_ptr[j]
+
+    cdef void _apply_two_pass(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil:
+        cdef int64_t k = self.k, n = self.n, nb = self.k // LR_QK
+        cdef int64_t r, i, b
+        cdef float db
+        cdef lr_qact act
+        # pass 1 rows [0, rows); the residual x - dequant(pass 1) as rows [rows, 2 rows)
+        _active.quantize_act(x, ldx, rows, k, self.scratch.q, self.scratch.d, self.scratch.s)
+        for r in range(rows):
+            for b in range(nb):
+                db = self.scratch.d[r * nb + b]
+                for i in range(b * LR_QK, (b + 1) * LR_QK):
+                    self.scratch.r[r * k + i] = x[r * ldx + i] - db * self.scratch.q[r * k + i]
+        _active.quantize_act(self.scratch.r, k, rows, k, self.scratch.q + rows * k, self.scratch.d + rows * nb, self.scratch.s + rows * nb)
+        act.rows, act.k, act.q, act.d, act.sum = 2 * rows, k, self.scratch.q, self.scratch.d, self.scratch.s
+        _active.qgemm_i8(&self.q, &act, self.scratch.y, n)
+        for r in range(rows):
+            for i in range(n):
+                y[r * ldy + i] = self.scratch.y[r * n + i] + self.scratch.y[(rows + r) * n + i]
 
     cdef void row(self, int64_t j, float *out) noexcept nogil:
         """Row j of W as floats (embedding lookup); j must be in [0, n)."""

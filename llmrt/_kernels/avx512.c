@@ -1,14 +1,15 @@
-/* avx512 tier.  Hand-written quantized GEMMs replace the generic ones as they land; the generic
- * code below is compiled with this tier's flags, so the compiler vectorizes it for avx512. */
-#include "generic_ops.h"
+/* avx512 tier: 512-bit maddubs/madd int8 GEMM and FMA float GEMMs (avx512_impl.h); attention
+ * stays generic.  dispatch.c swaps in avx512_bf16.c's qgemm_bf16 when the CPU has AVX512-BF16. */
+#define LR_VNNI 0
+#include "avx512_impl.h"
 
 const lr_kernels lr_kernels_avx512 = {
     "avx512",
-    generic_quantize_act,
-    generic_qgemm_i8,
-    generic_qgemm_f32,
-    generic_qgemm_bf16,
-    generic_gemm_f32,
-    generic_gemm_f16,
+    x86_quantize_act,
+    x86_qgemm_i8,
+    ft_qgemm_f32,
+    ft_qgemm_bf16,
+    ft_gemm_f32,
+    ft_gemm_f16,
     generic_attention,
 };

@@ -1,14 +1,14 @@
-/* avx512_vnni tier.  Hand-written quantized GEMMs replace the generic ones as they land; the generic
- * code below is compiled with this tier's flags, so the compiler vectorizes it for avx512_vnni. */
-#include "generic_ops.h"
+/* avx512_vnni tier: the avx512 kernels with the int8 dot products on dpbusd. */
+#define LR_VNNI 1
+#include "avx512_impl.h"
 
 const lr_kernels lr_kernels_avx512_vnni = {
     "avx512_vnni",
-    generic_quantize_act,
-    generic_qgemm_i8,
-    generic_qgemm_f32,
-    generic_qgemm_bf16,
-    generic_gemm_f32,
-    generic_gemm_f16,
+    x86_quantize_act,
+    x86_qgemm_i8,
+    ft_qgemm_f32,
+    ft_qgemm_bf16,
+    ft_gemm_f32,
+    ft_gemm_f16,
     generic_attention,
 };

@@ -56,7 +56,8 @@ const char *lr_tier_name(int tier) {
     return (tier >= 0 && tier < LR_N_TIERS) ? tier_names[tier] : "unknown";
 }
 
-const lr_kernels *lr_tier_kernels(int tier) {
+/* The table a tier unit defines, before any per-CPU substitution. */
+static const lr_kernels *unit_kernels(int tier) {
     switch (tier) {
     case LR_TIER_REF: return &lr_kernels_ref;
 #ifdef LR_HAVE_AVX2
@@ -78,10 +79,41 @@ const lr_kernels *lr_tier_kernels(int tier) {
     }
 }
 
-int lr_tier_compiled(int tier) { return lr_tier_kernels(tier) != NULL; }
-
 static int cached_support[LR_N_TIERS];
 static int support_known = 0;
+static int cpu_bf16 = 0;       /* AVX512_BF16 usable (cpuid + AVX512 OS state) */
+static int bf16_enabled = 1;
+#ifdef LR_HAVE_AVX512_BF16
+/* The 512-bit tiers' tables with qgemm_bf16 on AVX512-BF16 (filled by detect()). */
+static lr_kernels bf16_tables[LR_N_TIERS];
+#endif
+static void detect(void);
+
+static int uses_512bit(int tier) {
+    return tier == LR_TIER_AVX512 || tier == LR_TIER_AVX512_VNNI || tier == LR_TIER_AMX;
+}
+
+int lr_bf16_hw_available(void) {
+    if (!support_known) detect();
+#ifdef LR_HAVE_AVX512_BF16
+    return cpu_bf16;
+#else
+    return 0;
+#endif
+}
+
+int lr_bf16_hw_enabled(void) { return bf16_enabled; }
+void lr_set_bf16_hw(int enable) { bf16_enabled = enable != 0; }
+
+const lr_kernels *lr_tier_kernels(int tier) {
+    const lr_kernels *t = unit_kernels(tier);
+#ifdef LR_HAVE_AVX512_BF16
+    if (t && uses_512bit(tier) && bf16_enabled && lr_bf16_hw_available()) return &bf16_tables[tier];
+#endif
+    return t;
+}
+
+int lr_tier_compiled(int tier) { return unit_kernels(tier) != NULL; }
 
 static void detect(void) {
     unsigned r1[4] = {0}, r7[4] = {0}, r71[4] = {0}, r0[4] = {0};
@@ -90,7 +122,7 @@ static void detect(void) {
     if (max_leaf >= 1) lr_cpuid(1, 0, r1);
     if (max_leaf >= 7) {
         lr_cpuid(7, 0, r7);
-        lr_cpuid(7, 1, r71);
+        if (r7[0] >= 1) lr_cpuid(7, 1, r71);   /* subleaf 1: AVX-VNNI, AVX512_BF16 */
     }
     const int osxsave = (r1[2] >> 27) & 1;
     const unsigned long long xcr0 = osxsave ? lr_xgetbv0() : 0;
@@ -105,6 +137,7 @@ static void detect(void) {
     const int avx512vnni = (r7[2] >> 11) & 1;
     const int avxvnni = (r71[0] >> 4) & 1;
     const int amx_tile = (r7[3] >> 24) & 1, amx_int8 = (r7[3] >> 25) & 1;
+    const int avx512bf16 = (r71[0] >> 5) & 1;
 
     const int has_avx2 = os_avx && avx && avx2 && fma && f16c;
     const int has_avx512 = has_avx2 && os_avx512 && avx512f && avx512bw && avx512vl && avx512dq;
@@ -114,6 +147,16 @@ static void detect(void) {
     cached_support[LR_TIER_AVX_VNNI] = has_avx2 && avxvnni;
     cached_support[LR_TIER_AVX512_VNNI] = has_avx512 && avx512vnni;
     cached_support[LR_TIER_AMX] = has_avx512 && avx512vnni && amx_tile && amx_int8 && os_amx && lr_request_amx();
+    cpu_bf16 = has_avx512 && avx512bf16;
+#ifdef LR_HAVE_AVX512_BF16
+    for (int t = 0; t < LR_N_TIERS; t++) {
+        const lr_kernels *k = unit_kernels(t);
+        if (k && uses_512bit(t)) {
+            bf16_tables[t] = *k;
+            bf16_tables[t].qgemm_bf16 = lr_qgemm_bf16_avx512bf16;
+        }
+    }
+#endif
     support_known = 1;
 }
 

@@ -19,6 +19,13 @@
 #include <immintrin.h>
 #endif
 
+/* Tier units use only some of these. */
+#if defined(__GNUC__) || defined(__clang__)
+#define LR_GENERIC static __attribute__((unused))
+#else
+#define LR_GENERIC static
+#endif
+
 #if defined(_OPENMP)
 #include <omp.h>
 #define LR_PRAGMA(x) _Pragma(#x)
@@ -44,7 +51,7 @@ static inline float generic_dot_f32(const float *a, const float *b, int64_t n) {
 }
 
 /* ---- activation quantization ---- */
-static void generic_quantize_act(const float *x, int64_t ldx, int64_t rows, int64_t k,
+LR_GENERIC void generic_quantize_act(const float *x, int64_t ldx, int64_t rows, int64_t k,
                                  int8_t *q, float *d, int32_t *sum) {
     const int64_t nb = k / LR_QK;
     for (int64_t r = 0; r < rows; r++) {
@@ -102,7 +109,7 @@ static inline void generic_dequant_row(const lr_qmat *w, int64_t j, float *out) 
 }
 
 /* ---- int8 compute over quantized weights (scalar; SIMD tiers replace this) ---- */
-static void generic_qgemm_i8(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
+LR_GENERIC void generic_qgemm_i8(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
     const int64_t n = w->n, k = w->k, nb = k / LR_QK, ng = k / w->group;
     const int64_t bpg = w->group / LR_QK;
     LR_OMP(parallel for schedule(static))
@@ -138,7 +145,7 @@ static void generic_qgemm_i8(const lr_qmat *w, const lr_qact *a, float *y, int64
 }
 
 /* ---- fp32 / bf16 compute over quantized weights: dequantize a row, dot with every x row ---- */
-static void generic_qgemm_float(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows,
+LR_GENERIC void generic_qgemm_float(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows,
                                 float *y, int64_t ldy, int round_bf16) {
     const int64_t n = w->n, k = w->k;
     const float *xs = x;
@@ -169,25 +176,25 @@ static void generic_qgemm_float(const lr_qmat *w, const float *x, int64_t ldx, i
     free(xr);
 }
 
-static void generic_qgemm_f32(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows,
+LR_GENERIC void generic_qgemm_f32(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows,
                               float *y, int64_t ldy) {
     generic_qgemm_float(w, x, ldx, rows, y, ldy, 0);
 }
 
-static void generic_qgemm_bf16(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows,
+LR_GENERIC void generic_qgemm_bf16(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows,
                                float *y, int64_t ldy) {
     generic_qgemm_float(w, x, ldx, rows, y, ldy, 1);
 }
 
 /* ---- dense weights ---- */
-static void generic_gemm_f32(const float *w, int64_t n, int64_t k, const float *x, int64_t ldx,
+LR_GENERIC void generic_gemm_f32(const float *w, int64_t n, int64_t k, const float *x, int64_t ldx,
                              int64_t rows, float *y, int64_t ldy) {
     LR_OMP(parallel for schedule(static))
     for (int64_t j = 0; j < n; j++)
         for (int64_t r = 0; r < rows; r++) y[r * ldy + j] = generic_dot_f32(w + j * k, x + r * ldx, k);
 }
 
-static void generic_gemm_f16(const uint16_t *w, int64_t n, int64_t k, const float *x, int64_t ldx,
+LR_GENERIC void generic_gemm_f16(const uint16_t *w, int64_t n, int64_t k, const float *x, int64_t ldx,
                              int64_t rows, float *y, int64_t ldy) {
     LR_OMP(parallel)
     {
@@ -204,7 +211,7 @@ static void generic_gemm_f16(const uint16_t *w, int64_t n, int64_t k, const floa
 }
 
 /* ---- attention over the KV cache ---- */
-static void generic_attention(const lr_attn_args *a) {
+LR_GENERIC void generic_attention(const lr_attn_args *a) {
     const int64_t pairs = a->n_tok * a->n_head;
     const int32_t hd = a->head_dim;
     const int32_t group = a->n_head / a->n_kv_head;

@@ -130,6 +130,17 @@ int lr_best_tier(void);
 /* The table of a tier, or NULL if not compiled. */
 const lr_kernels *lr_tier_kernels(int tier);
 
+/* qgemm_bf16 of the 512-bit tiers (avx512, avx512_vnni, amx) on AVX512-BF16 instructions.
+ * Available when compiled in (avx512_bf16.c) and cpuid leaf 7.1 EAX bit 5 reports AVX512_BF16;
+ * enabled by default.  Disabling it (for testing) gives those tiers their own bf16 code back. */
+int lr_bf16_hw_available(void);
+int lr_bf16_hw_enabled(void);
+void lr_set_bf16_hw(int enable);
+#ifdef LR_HAVE_AVX512_BF16
+void lr_qgemm_bf16_avx512bf16(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows,
+                              float *y, int64_t ldy);
+#endif
+
 /* OpenMP thread count used by every kernel (no-ops in a build without OpenMP). */
 void lr_set_threads(int n);
 int lr_get_threads(void);

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""llmrt against llama.cpp on the same models, alternating runs (A B A B ...) in one session, with the
+memory bandwidth measured in the same run; prints tokens/s, the ratios and the decode roofline use.
+
+Needs ../shared/anchors' setup (llama-cpp-python in $ANCHORS_DIR/venv-lcpp, the anchor models and their
+GGUF conversions, the membw probe):  ANCHORS_DIR=~/anchors bash ../shared/anchors/setup.sh membw models lcpp
+
+    python benchmarks/compare.py                                  # every goal of the performance issue
+    python benchmarks/compare.py --cases llama-1.1b:int4_g32 --pairs 3
+Never run it while anything else runs: it reports foreign_cpus for each measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from models import ANCHORS_DIR, LLAMA_CPP_PEER  # noqa: E402
+
+SHARED = Path(os.environ.get("LLMRT_SHARED", HERE.parent.parent / "shared"))
+DEFAULT_CASES = ["llama-1.1b:int4_g32", "llama-1.1b:int4_g128", "llama-1.1b:int8_g32", "smollm2:gguf",
+                 "llama-110m:int4_g32"]
+
+
+def run_json(cmd: list[str], env: dict | None = None) -> dict:
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+    if r.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def membw(threads: int) -> float:
+    """Best 2-thread read bandwidth, GB/s."""
+    exe = ANCHORS_DIR / "build" / "membw"
+    r = subprocess.run([str(exe), "1", "3"], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    recs = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+    reads = [x["best_gb_s"] for x in recs if x["test"] == "read" and x["threads"] == threads]
+    return reads[-1]
+
+
+def llmrt_cmd(model: str, fmt: str, a) -> list[str]:
+    return [sys.executable, str(HERE / "run_llmrt.py"), "--model", model, "--format", fmt, "--threads", str(a.threads),
+            "--pp", str(a.pp), "--tg", str(a.tg), "--reps", str(a.reps)]
+
+
+def llamacpp_cmd(model: str, fmt: str, a) -> list[str]:
+    py = ANCHORS_DIR / "venv-lcpp" / "bin" / "python"
+    if model == "smollm2":
+        from models import smollm2_path
+        target, quant = [str(smollm2_path())], ["Q4_1"]
+    else:
+        target, quant = [model], [LLAMA_CPP_PEER[fmt]]
+    return [str(py), str(SHARED / "anchors" / "bench_llamacpp.py"), "--model", *target, "--quant", *quant,
+            "--threads", str(a.threads), "--pp", str(a.pp), "--tg", str(a.tg), "--reps", str(a.reps)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="model:format pairs")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pp", type=int, default=512)
+    ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--jsonl", default=None, help="also append every raw record here")
+    a = ap.parse_args()
+    rows = []
+    for case in a.cases:
+        model, fmt = case.split(":")
+        recs = {"llmrt": [], "llama.cpp": []}
+        bws = []
+        for i in range(a.pairs):
+            bws.append(membw(a.threads))
+            recs["llmrt"].append(run_json(llmrt_cmd(model, fmt, a)))
+            recs["llama.cpp"].append(run_json(llamacpp_cmd(model, fmt, a)))
+            bws.append(membw(a.threads))
+            print(f"[compare] {case} pair {i + 1}: llmrt pp {recs['llmrt'][-1]['pp_tok_s']} tg "
+                  f"{recs['llmrt'][-1]['tg_tok_s']} | llama.cpp pp {recs['llama.cpp'][-1]['pp_tok_s']} tg "
+                  f"{recs['llama.cpp'][-1]['tg_tok_s']} | bw {bws[-2]}/{bws[-1]} GB/s", file=sys.stderr, flush=True)
+            if a.jsonl:
+                with open(a.jsonl, "a") as f:
+                    for eng in recs:
+                        f.write(json.dumps(recs[eng][-1]) + "\n")
+        med = lambda eng, k: statistics.median(r[k] for r in recs[eng])
+        bw = statistics.median(bws)
+        wbytes = recs["llmrt"][0]["decode_weight_bytes"]
+        roof = bw * 1e9 / wbytes
+        rows.append(dict(case=case, peer=LLAMA_CPP_PEER.get(fmt, "Q4_1 (same file)"),
+                         pp=med("llmrt", "pp_tok_s"), tg=med("llmrt", "tg_tok_s"),
+                         lpp=med("llama.cpp", "pp_tok_s"), ltg=med("llama.cpp", "tg_tok_s"),
+                         bw=bw, roof=roof, rss=max(r["peak_rss_mb"] for r in recs["llmrt"]),
+                         lrss=max(r["peak_rss_mb"] for r in recs["llama.cpp"]),
+                         foreign=max(r.get("foreign_cpus", 0) for eng in recs for r in recs[eng])))
+    print(f"\n{a.threads} threads, pp{a.pp} / tg{a.tg} (tg continues after the prompt), median of {a.pairs} "
+          f"alternating pairs, each the median of {a.reps} reps\n")
+    print("| model:format | llama.cpp peer | llmrt pp | llama.cpp pp | pp ratio | llmrt tg | llama.cpp tg | tg ratio "
+          "| read GB/s | tg roofline | tg % of roofline | llmrt RSS MiB | llama.cpp RSS MiB | max foreign cpus |")
+    print("|" + "---|" * 14)
+    for r in rows:
+        print(f"| {r['case']} | {r['peer']} | {r['pp']:.1f} | {r['lpp']:.1f} | {r['pp'] / r['lpp']:.2f} | {r['tg']:.1f} "
+              f"| {r['ltg']:.1f} | {r['tg'] / r['ltg']:.2f} | {r['bw']:.1f} | {r['roof']:.1f} | "
+              f"{100 * r['tg'] / r['roof']:.0f}% | {r['rss']:.0f} | {r['lrss']:.0f} | {r['foreign']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,349 @@
+"""Every compiled ISA tier of the C kernels against a NumPy model of the kernels.h semantics."""
+import functools
+import itertools
+
+import numpy as np
+import pytest
+
+from llmrt._kernels import _ops
+
+TIERS = _ops.supported_tiers()
+WIDE_TIERS = {"avx512", "avx512_vnni", "amx"}   # tiers whose bf16 GEMM may use AVX512-BF16
+HAVE_BF16_HW = _ops.bf16_instructions_available()
+F32 = np.float32
+
+
+@pytest.fixture
+def use_tier(request):
+    """Switch to a tier for one test and restore the previous selection afterwards."""
+    prev = _ops.current_tier()
+    prev_hw = _ops.bf16_instructions()
+
+    def select(name, bf16_hw=True):
+        _ops.bf16_instructions(bf16_hw)
+        assert _ops.set_isa(name) == name
+    yield select
+    _ops.bf16_instructions(prev_hw)
+    _ops.set_isa(prev)
+
+
+# ------------------------------------------------------------------ NumPy model of kernels.h
+def round_bf16(x):
+    """fp32 -> bf16 nearest-even -> fp32 (as lr_round_bf16)."""
+    b = np.ascontiguousarray(x, dtype=F32).view(np.uint32).astype(np.uint64)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+    return b.astype(np.uint32).view(F32)
+
+
+def pack_q4(u):
+    """(n, k) nibbles -> (n, k/2) bytes: per 32-block, byte j = u[j] | u[j+16] << 4."""
+    n, k = u.shape
+    ub = u.reshape(n, k // 32, 2, 16).astype(np.uint8)
+    return (ub[:, :, 0, :] | (ub[:, :, 1, :] << 4)).reshape(n, k // 2)
+
+
+def unpack_q(qs, bits, k):
+    """Integer weights (n, k): unsigned nibbles for bits 4, signed int8 for bits 8."""
+    n = qs.shape[0]
+    if bits == 8:
+        return qs.view(np.int8).astype(np.int32)
+    b = qs.reshape(n, k // 32, 16).astype(np.int32)
+    return np.concatenate([b & 15, b >> 4], axis=2).reshape(n, k)
+
+
+def offsets(d, m, bits):
+    """Per-group additive term of the dequantized weight: m, -8 d (int4 without m) or 0."""
+    if m is not None:
+        return m
+    return (F32(-8) * d).astype(F32) if bits == 4 else np.zeros_like(d)
+
+
+def dequant(qs, d, m, bits, group):
+    """Dequantized weights in fp32, with the two roundings of generic_dequant_row (d*u, then + m)."""
+    k = qs.shape[1] * 8 // bits
+    u = unpack_q(qs, bits, k).astype(F32)
+    dd = np.repeat(d, group, axis=1)
+    mm = np.repeat(offsets(d, m, bits), group, axis=1)
+    return (dd * u).astype(F32) + mm
+
+
+def quantize_ref(x):
+    """Per-32 activation quantization: d = max|x|/127, q = rint(x * (1/d)) clipped to +-127."""
+    rows, k = x.shape
+    xb = x.astype(F32).reshape(rows, k // 32, 32)
+    d = (np.abs(xb).max(axis=2) / F32(127)).astype(F32)
+    inv = np.divide(F32(1), d, out=np.zeros_like(d), where=d > 0).astype(F32)
+    q = np.clip(np.rint(xb * inv[:, :, None]), -127, 127).astype(np.int8)
+    return q.reshape(rows, k), d, q.astype(np.int32).sum(axis=2).astype(np.int32)
+
+
+def int8_ref(qs, d, m, bits, group, q, da, sa):
+    """Exact (float64) result of the int8 path for given quantized activations, and the sum of the
+    magnitudes of all its terms (the scale the fp32 summation error is measured against)."""
+    k = q.shape[1]
+    nb = k // 32
+    u = unpack_q(qs, bits, k).astype(F32).reshape(-1, nb, 32).transpose(1, 2, 0)   # (nb, 32, n)
+    qa = q.astype(F32).reshape(q.shape[0], nb, 32).transpose(1, 0, 2)              # (nb, rows, 32)
+    # per-block integer dots, exact in fp32 (|sum| < 2^24)
+    isum = np.matmul(qa, u).astype(np.float64)
+    iabs = np.matmul(np.abs(qa), np.abs(u)).astype(np.float64)
+    g = np.arange(nb) // (group // 32)
+    dw = d.astype(np.float64)[:, g]                                  # (n, nb)
+    off = offsets(d, m, bits).astype(np.float64)[:, g]
+    dab, sab = da.astype(np.float64), sa.astype(np.float64)          # (rows, nb)
+    sabs = np.abs(qa).sum(axis=2).T.astype(np.float64)
+    y = (isum * dab.T[:, :, None] * dw.T[:, None, :]).sum(axis=0) + (dab * sab) @ off.T
+    mag = (iabs * np.abs(dab.T)[:, :, None] * np.abs(dw.T)[:, None, :]).sum(axis=0) + (np.abs(dab) * sabs) @ np.abs(off).T
+    return y, mag
+
+
+def assert_close(y, ref, mag, rtol):
+    err = np.abs(y.astype(np.float64) - ref)
+    bad = err > rtol * mag + 1e-30
+    assert not bad.any(), (f"{bad.sum()} of {bad.size} outputs off; worst rel err "
+                           f"{(err / np.maximum(mag, 1e-30)).max():.3g}")
+
+
+# ------------------------------------------------------------------ quantized GEMM cases
+def _groups(k):
+    return sorted({g for g in (32, 64, 128, k) if k % g == 0})   # k itself: one group per row
+
+
+SHAPES = [(k, n) for k in (96, 160) for n in (33, 257)] + [(4096, 33)]   # small n for the long k
+QCASES = [(k, n, g, rows, bits, has_m)
+          for (k, n) in SHAPES for g in _groups(k) for rows in (1, 7, 64)
+          for bits in (4, 8) for has_m in (False, True)]
+
+
+@functools.lru_cache(maxsize=None)
+def qcase(k, n, group, rows, bits, has_m):
+    rng = np.random.default_rng(hash((k, n, group, rows, bits, has_m)) & 0xFFFFFFFF)
+    if bits == 4:
+        qs = pack_q4(rng.integers(0, 16, size=(n, k)))
+    else:
+        qs = rng.integers(-128, 128, size=(n, k)).astype(np.int8).view(np.uint8)
+    d = (rng.standard_normal((n, k // group)) * 0.02).astype(F32)
+    m = (rng.standard_normal((n, k // group)) * 0.05).astype(F32) if has_m else None
+    x = rng.standard_normal((rows, k)).astype(F32)
+    x[:, :32] += 0.5   # one block with a large common mode (large activation sums)
+    if rows > 1:
+        x[1, 32:64] = 0.0   # an all-zero block (d = 0)
+    return qs, d, m, x
+
+
+@functools.lru_cache(maxsize=None)
+def qref_float(case, compute):
+    qs, d, m, x = qcase(*case)
+    bits, group = case[4], case[2]
+    w = dequant(qs, d, m, bits, group)
+    if compute == "bf16":
+        w, x = round_bf16(w), round_bf16(x)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    return x64 @ w64.T, np.abs(x64) @ np.abs(w64).T
+
+
+@functools.lru_cache(maxsize=None)
+def qref_int8(case):
+    qs, d, m, x = qcase(*case)
+    q, da, sa = quantize_ref(x)
+    y, mag = int8_ref(qs, d, m, case[4], case[2], q, da, sa)
+    return (q, da, sa), y, mag
+
+
+def check_int8(case, y):
+    """y from the int8 path against the emulation fed with the kernel's own activation quantization
+    (the NumPy one is reused when identical, which it is unless a rounding tie went the other way)."""
+    qs, d, m, x = qcase(*case)
+    (q, da, sa), ref, mag = qref_int8(case)
+    kq, kd, ks = _ops.quantize_activations(x)
+    if not (np.array_equal(kq, q) and np.array_equal(kd, da) and np.array_equal(ks, sa)):
+        ref, mag = int8_ref(qs, d, m, case[4], case[2], kq, kd, ks)
+    assert_close(y, ref, mag, 1e-5)
+
+
+def _qparams():
+    out = []
+    for tier in TIERS:
+        for case in QCASES:
+            for compute in ("int8", "fp32", "bf16"):
+                hws = (True, False) if (compute == "bf16" and tier in WIDE_TIERS and HAVE_BF16_HW) else (True,)
+                for hw in hws:
+                    out.append(pytest.param(tier, case, compute, hw,
+                                            id=f"{tier}-k{case[0]}-n{case[1]}-g{case[2]}-m{case[3]}-q{case[4]}"
+                                               f"{'-off' if case[5] else ''}-{compute}{'' if hw else '-nobf16hw'}"))
+    return out
+
+
+@pytest.mark.parametrize("tier,case,compute,hw", _qparams())
+def test_quantized_gemm(use_tier, tier, case, compute, hw):
+    use_tier(tier, hw)
+    qs, d, m, x = qcase(*case)
+    bits, group = case[4], case[2]
+    lin = _ops.Linear.quantized(qs, d, m, bits, group, compute=compute)
+    y = lin(x)
+    assert y.shape == (x.shape[0], qs.shape[0]) and y.dtype == F32
+    if compute == "int8":
+        check_int8(case, y)
+    else:
+        ref, mag = qref_float(case, compute)
+        assert_close(y, ref, mag, 1e-5)
+
+
+# Tile edges: activation rows around multiples of 4 and 16 (AMX tiles take 16 rows, the rest goes to
+# the vector code), weight rows around multiples of 2, 4 and 16, and 1 to 5 blocks per row.
+EDGE_CASES = [(k, n, g, rows, bits, has_m)
+              for (k, n, g, rows) in [(32, 16, 32, 16), (64, 31, 64, 17), (96, 48, 32, 35), (160, 18, 32, 48),
+                                      (128, 47, 128, 33), (4096, 17, 128, 20), (4096, 16, 4096, 16),
+                                      (4096, 257, 64, 64)]
+              for bits in (4, 8) for has_m in (False, True)]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("case", EDGE_CASES, ids=lambda c: "k{}-n{}-g{}-m{}-q{}{}".format(*c[:5], "-off" if c[5] else ""))
+def test_quantized_gemm_int8_edges(use_tier, tier, case):
+    use_tier(tier)
+    qs, d, m, x = qcase(*case)
+    check_int8(case, _ops.Linear.quantized(qs, d, m, case[4], case[2], compute="int8")(x))
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_quantized_gemm_bias_and_1d(use_tier, tier):
+    use_tier(tier)
+    qs, d, m, x = qcase(160, 33, 32, 7, 4, True)
+    bias = np.linspace(-1, 1, 33).astype(F32)
+    for compute in ("int8", "fp32", "bf16"):
+        plain = _ops.Linear.quantized(qs, d, m, 4, 32, compute=compute)
+        biased = _ops.Linear.quantized(qs, d, m, 4, 32, bias=bias, compute=compute)
+        np.testing.assert_allclose(biased(x), plain(x) + bias, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(plain(x[3]), plain(x[3:4]))
+        assert plain(np.zeros((0, 160), F32)).shape == (0, 33)
+
+
+# ------------------------------------------------------------------ activation quantization
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("rows,k", [(1, 32), (3, 96), (64, 4096)])
+def test_quantize_activations(use_tier, tier, rows, k):
+    use_tier(tier)
+    rng = np.random.default_rng(rows * 7919 + k)
+    x = (rng.standard_normal((rows, k)) * rng.uniform(0.01, 10, size=(rows, 1))).astype(F32)
+    x[0, :32] = 0.0                               # d = 0 block
+    if k >= 64:
+        x[0, 32:64] = np.arange(-16, 16) * 0.5    # exact .5 ties before scaling
+    q, d, s = _ops.quantize_activations(x)
+    rq, rd, rs = quantize_ref(x)
+    np.testing.assert_array_equal(d, rd)
+    # Only an exact rounding tie may go the other way.
+    inv = np.divide(F32(1), rd, out=np.zeros_like(rd), where=rd > 0).astype(F32)
+    t = x.reshape(rows, k // 32, 32) * inv[:, :, None]
+    tie = np.abs(np.abs(t - np.floor(t)) - 0.5) < 1e-6
+    diff = q.reshape(t.shape) != rq.reshape(t.shape)
+    assert not (diff & ~tie).any()
+    assert np.abs(q.astype(np.int32) - rq).max() <= 1
+    np.testing.assert_array_equal(s, q.astype(np.int32).reshape(rows, k // 32, 32).sum(axis=2))
+    assert np.abs(q.astype(np.int32)).max() <= 127
+
+
+# ------------------------------------------------------------------ dense GEMM
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("k,n,rows", [(96, 257, 64), (37, 33, 7), (100, 33, 1), (4096, 33, 7), (5, 3, 2)])
+def test_dense_gemm(use_tier, tier, dtype, k, n, rows):
+    use_tier(tier)
+    rng = np.random.default_rng(k * 31 + n + rows)
+    w = (rng.standard_normal((n, k)) * 0.1).astype(dtype)
+    x = rng.standard_normal((rows, k)).astype(F32)
+    y = _ops.Linear.dense(w)(x)
+    w64, x64 = w.astype(np.float64), x.astype(np.float64)
+    assert_close(y, x64 @ w64.T, np.abs(x64) @ np.abs(w64).T, 1e-5)
+
+
+# ------------------------------------------------------------------ attention
+def attention_ref(q, kc, vc, pos0, n_kv, scale, kv_begin=0, window=0, slopes=None):
+    n_tok, n_head, hd = q.shape
+    kc, vc = kc.astype(np.float64), vc.astype(np.float64)
+    out = np.zeros(q.shape)
+    grp = n_head // n_kv
+    for t in range(n_tok):
+        pos = pos0 + t
+        lo = kv_begin if window <= 0 else max(kv_begin, pos - window + 1)
+        for h in range(n_head):
+            kv = h // grp
+            s = scale * (kc[kv, lo:pos + 1] @ q[t, h].astype(np.float64))
+            if slopes is not None:
+                s += slopes[h] * (np.arange(lo, pos + 1) - pos)
+            p = np.exp(s - s.max())
+            out[t, h] = (p / p.sum()) @ vc[kv, lo:pos + 1]
+    return out
+
+
+ATTN_CASES = list(itertools.product(
+    [np.float16, np.float32],                  # cache dtype
+    [(4, 4), (8, 2), (4, 1)],                  # (n_head, n_kv_head): MHA, GQA, MQA
+    [(0, 0), (3, 0), (2, 5)],                  # (kv_begin, window)
+    [False, True],                             # alibi
+))
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("dtype,heads,span,alibi", ATTN_CASES)
+def test_attention(use_tier, tier, dtype, heads, span, alibi):
+    use_tier(tier)
+    n_head, n_kv = heads
+    kv_begin, window = span
+    hd, ctx, n_tok, pos0 = 40, 24, 5, 9
+    rng = np.random.default_rng(n_head * 100 + n_kv * 10 + window)
+    q = rng.standard_normal((n_tok, n_head, hd)).astype(F32)
+    kc = rng.standard_normal((n_kv, ctx, hd)).astype(dtype)
+    vc = rng.standard_normal((n_kv, ctx, hd)).astype(dtype)
+    slopes = (2.0 ** -np.arange(1, n_head + 1)).astype(F32) if alibi else None
+    scale = 1 / np.sqrt(hd)
+    out = _ops.attention(q, kc, vc, pos0, n_kv, scale, kv_begin=kv_begin, window=window, alibi_slopes=slopes)
+    ref = attention_ref(q, kc, vc, pos0, n_kv, F32(scale), kv_begin, window, slopes)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ argument checking
+def _small_q4():
+    return np.zeros((3, 48), np.uint8), np.ones((3, 3), F32)   # n = 3, k = 96, group 32
+
+
+@pytest.mark.parametrize("group", [0, -32, 48, 64, 192])
+def test_quantized_bad_group(group):
+    qs, d = _small_q4()
+    with pytest.raises(ValueError):
+        _ops.Linear.quantized(qs, d, None, 4, group)
+
+
+def test_quantized_bad_arguments():
+    qs, d = _small_q4()
+    with pytest.raises(ValueError):
+        _ops.Linear.quantized(qs, d, None, 3, 32)                       # bits
+    with pytest.raises(ValueError):
+        _ops.Linear.quantized(qs, d[:, :2], None, 4, 32)                # scale shape
+    with pytest.raises(ValueError):
+        _ops.Linear.quantized(qs, d, np.ones((3, 2), F32), 4, 32)       # offset shape
+    with pytest.raises(ValueError):
+        _ops.Linear.quantized(qs.reshape(-1), d, None, 4, 32)           # 1-D qs
+    with pytest.raises(TypeError):
+        _ops.Linear.quantized(qs.view(np.int8), d, None, 4, 32)         # qs dtype
+    with pytest.raises(TypeError):
+        _ops.Linear.quantized(qs, d.astype(np.float64), None, 4, 32)    # scale dtype
+    with pytest.raises(TypeError):
+        _ops.Linear.quantized(qs.tolist(), d, None, 4, 32)              # not an array
+    with pytest.raises(ValueError):
+        _ops.Linear.quantized(qs, d, None, 4, 32, compute="fp16")
+    lin = _ops.Linear.quantized(qs, d, None, 4, 32)
+    with pytest.raises(ValueError):
+        lin(np.zeros((2, 95), F32))                                     # wrong k
+
+
+def test_set_isa_rejects_unknown_tier():
+    prev = _ops.current_tier()
+    with pytest.raises(ValueError):
+        _ops.set_isa("nonsense")
+    assert _ops.current_tier() == prev
+
+
+def test_tier_listing():
+    assert "ref" in TIERS and set(TIERS) <= set(_ops.compiled_tiers())
+    assert _ops.best_tier() in TIERS
