@@ -122,7 +122,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no model at {path}")
     q = WeightOnlyQuantConfig(weight_dtype=args.weight_dtype, alg=args.alg, group_size=args.group_size,
                               scale_dtype=args.scale_dtype, compute_dtype=args.compute_dtype,
-                              use_cache=args.use_cache)
+                              activation_precision=args.activation_precision, use_cache=args.use_cache)
     model = Model.from_pretrained(path, q, compute_dtype=args.compute_dtype)
     tok = load_tokenizer(Path(args.tokenizer) if args.tokenizer else path)
     gen = dict(max_new_tokens=args.n_predict, do_sample=args.temperature > 0,

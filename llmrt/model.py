@@ -230,9 +230,12 @@ class Model:
         """Answer the last message of a conversation ([{"role": ..., "content": ...}, ...]) through the
         tokenizer's chat template (ChatML when it has none); returns the reply text.  The KV cache is
         kept between turns, so a turn processes only what the cache does not hold yet.  Generation
-        options as for generate() (max_new_tokens defaults to 512)."""
+        options as for generate() (max_new_tokens defaults to 512, less if the context is nearly full)."""
         ids = generation.chat_input_ids(messages, tokenizer, chat_template)
-        kwargs.setdefault("max_new_tokens", 512)
+        if "max_new_tokens" not in kwargs:          # 512, or what the context still holds
+            streaming = any(kwargs.get(k) not in (None, False) for k in ("n_keep", "n_discard", "shift_roped_k"))
+            room = (kwargs.get("ctx_size") or self.config.max_position_embeddings) - len(ids)
+            kwargs["max_new_tokens"] = 512 if streaming else max(1, min(512, room))
         if "eos_token_id" not in kwargs:
             eos = generation.GenerationOptions(eos_token_id=self.generation_defaults.get("eos_token_id")).eos_ids
             kwargs["eos_token_id"] = generation.stop_tokens(tokenizer, eos)

@@ -263,3 +263,19 @@ def test_bad_masks_and_streamer_combinations(pair):
         model.generate(ids, streamer=object())
     with pytest.raises(ValueError, match="single prompt"):
         model.generate(batch, interactive=True)
+
+
+def test_numpy_torch_and_none_arguments(pair):
+    """Token ids and counts may come as NumPy / torch values; None switches an option off (transformers)."""
+    model, _, ids = pair("llama-gqa-tied")
+    a = model.generate(ids, max_new_tokens=np.int64(8), eos_token_id=None)
+    assert a.shape == (1, 14)
+    stop = int(a[0, 6 + next(s for s in range(2, 8) if a[0, 6 + s] not in a[0, 6:6 + s])])
+    short = model.generate(ids, max_new_tokens=8, eos_token_id=[stop])
+    for eos in (np.int64(stop), torch.tensor([stop]), np.array([stop])):
+        np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=eos), short)
+    assert short.shape[1] < 14
+    np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=None, repetition_penalty=None), a)
+    kw = dict(max_new_tokens=8, eos_token_id=None, do_sample=True, seed=3)
+    np.testing.assert_array_equal(model.generate(ids, top_k=None, temperature=None, **kw),
+                                  model.generate(ids, top_k=0, temperature=1.0, **kw))

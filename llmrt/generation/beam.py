@@ -32,8 +32,18 @@ class BeamResult:
 
 
 def _top(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values per row, best first (torch.topk)."""
-    return np.argsort(-x, axis=1, kind="stable")[:, :k]
+    """Indices of the k largest values per row, best first, ties to the lower index (torch.topk).
+    A partition finds the k-th value, so only k candidates are sorted (rows are num_beams * vocab)."""
+    n = x.shape[1]
+    if k >= n or n <= 4 * k:
+        return np.argsort(-x, axis=1, kind="stable")[:, :k]
+    kth = np.partition(x, n - k, axis=1)[:, n - k]
+    out = np.empty((x.shape[0], k), dtype=np.int64)
+    for r in range(x.shape[0]):
+        above = np.flatnonzero(x[r] > kth[r])
+        sel = np.concatenate([above, np.flatnonzero(x[r] == kth[r])[:k - above.size]])
+        out[r] = sel[np.lexsort((sel, -x[r, sel]))]
+    return out
 
 
 def _gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,15 +97,17 @@ class GenerationOptions:
             v = getattr(self, name)
             if v is None and allow_none:
                 return
-            if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"{name} must be an integer, got {v!r}")
             if v < lo:
                 raise ValueError(f"{name} must be >= {lo}, got {v}")
+            setattr(self, name, int(v))
 
         def number(name: str) -> float:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
                 raise TypeError(f"{name} must be a number, got {v!r}")
+            setattr(self, name, float(v))
             return float(v)
 
         integer("max_new_tokens", -1)
@@ -131,7 +134,7 @@ class GenerationOptions:
         if number("repetition_penalty") <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         number("length_penalty")
-        if self.do_sample and not number("temperature") > 0:
+        if not number("temperature") > 0 and self.do_sample:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature} "
                              f"(for greedy decoding pass do_sample=False)")
         if not 0.0 <= number("top_p") <= 1.0:
@@ -143,11 +146,7 @@ class GenerationOptions:
         if self.early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
-            v = getattr(self, name)
-            vals = v if isinstance(v, (list, tuple)) and name == "eos_token_id" else [v]
-            for e in vals:
-                if e is not None and (isinstance(e, bool) or not isinstance(e, int) or e < 0):
-                    raise ValueError(f"{name} must be a non-negative integer{' or a list of them' if name == 'eos_token_id' else ''}, got {v!r}")
+            setattr(self, name, _token_ids(name, getattr(self, name), many=name == "eos_token_id"))
         if self.num_beams == 1 and self.num_return_sequences > 1 and not self.do_sample:
             raise ValueError("greedy decoding returns one sequence per prompt: num_return_sequences > 1 needs "
                              "do_sample=True or num_beams >= num_return_sequences")
@@ -158,6 +157,20 @@ class GenerationOptions:
             raise ValueError("shift_roped_k drops one token per new token (a ring buffer); n_discard only applies "
                              "to re-evaluation (shift_roped_k=False)")
         return self
+
+
+def _token_ids(name: str, v: Any, many: bool) -> Any:
+    """A token id (or, for EOS, a list of them) as Python ints; NumPy and torch values accepted."""
+    if v is None:
+        return None
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    vals = v if isinstance(v, (list, tuple)) and many else [v]
+    for e in vals:
+        if isinstance(e, bool) or not isinstance(e, numbers.Integral) or e < 0:
+            raise ValueError(f"{name} must be a non-negative integer{' or a list of them' if many else ''}, "
+                             f"got {v!r}")
+    return [int(e) for e in vals] if isinstance(v, (list, tuple)) else int(v)
 
 
 _FIELDS = {f.name for f in dataclasses.fields(GenerationOptions)}
@@ -219,5 +232,11 @@ def resolve_options(defaults: dict, generation_config: Any, kwargs: dict) -> Gen
         raise TypeError(f"generate() got unsupported arguments: {', '.join(sorted(unknown))}")
     merged = dict(defaults)
     merged.update(_config_entries(generation_config, strict=True))
-    merged.update(kwargs)
+    for k, v in kwargs.items():
+        # as in transformers, None switches an option off (back to its neutral default); for token
+        # ids, seed and lengths None is itself the meaning ("no EOS", "unseeded", ...)
+        merged[k] = (0 if k == "top_k" else _NEUTRAL.get(k, None)) if v is None else v
     return GenerationOptions(**merged).validate()
+
+
+_NEUTRAL = {f.name: f.default for f in dataclasses.fields(GenerationOptions)}
