@@ -49,8 +49,9 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use_cache", action="store_true", help="reuse / write the quantized model cache")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from llmrt import Model, WeightOnlyQuantConfig
+def _model_and_quant(args: argparse.Namespace):
+    """The model path (default: SmolLM2) and the quantization options shared by run and chat."""
+    from llmrt import WeightOnlyQuantConfig
 
     path = Path(args.model) if args.model else default_model_path()
     if not path.exists():
@@ -58,6 +59,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     q = WeightOnlyQuantConfig(weight_dtype=args.weight_dtype, alg=args.alg, group_size=args.group_size,
                               scale_dtype=args.scale_dtype, compute_dtype=args.compute_dtype,
                               activation_precision=args.activation_precision, use_cache=args.use_cache)
+    return path, q
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from llmrt import Model
+
+    path, q = _model_and_quant(args)
     t0 = time.perf_counter()
     model = Model.from_pretrained(path, q, compute_dtype=args.compute_dtype)
     tok = load_tokenizer(Path(args.tokenizer) if args.tokenizer else path)
@@ -115,14 +123,9 @@ class _ColorStreamer:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """A multi-round conversation on stdin/stdout; the KV cache is kept between turns."""
-    from llmrt import Model, WeightOnlyQuantConfig
+    from llmrt import Model
 
-    path = Path(args.model) if args.model else default_model_path()
-    if not path.exists():
-        raise FileNotFoundError(f"no model at {path}")
-    q = WeightOnlyQuantConfig(weight_dtype=args.weight_dtype, alg=args.alg, group_size=args.group_size,
-                              scale_dtype=args.scale_dtype, compute_dtype=args.compute_dtype,
-                              activation_precision=args.activation_precision, use_cache=args.use_cache)
+    path, q = _model_and_quant(args)
     model = Model.from_pretrained(path, q, compute_dtype=args.compute_dtype)
     tok = load_tokenizer(Path(args.tokenizer) if args.tokenizer else path)
     gen = dict(max_new_tokens=args.n_predict, do_sample=args.temperature > 0,
