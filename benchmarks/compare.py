@@ -46,13 +46,23 @@ def membw(threads: int) -> float:
     return reads[-1]
 
 
+def default_llamacpp_python() -> Path:
+    """The anchors' GGML_NATIVE build crashes in its AMX matmul on AMX CPUs (ggml_backend_amx_mul_mat,
+    SIGSEGV on the first decode); there, build llama-cpp-python without AMX into venv-lcpp-noamx:
+      CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+        -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"
+        $ANCHORS_DIR/venv-lcpp-noamx/bin/pip install --no-build-isolation llama_cpp_python-0.3.36.tar.gz"""
+    noamx = ANCHORS_DIR / "venv-lcpp-noamx" / "bin" / "python"
+    return noamx if noamx.exists() else ANCHORS_DIR / "venv-lcpp" / "bin" / "python"
+
+
 def llmrt_cmd(model: str, fmt: str, a) -> list[str]:
     return [sys.executable, str(HERE / "run_llmrt.py"), "--model", model, "--format", fmt, "--threads", str(a.threads),
             "--pp", str(a.pp), "--tg", str(a.tg), "--reps", str(a.reps)]
 
 
 def llamacpp_cmd(model: str, fmt: str, a) -> list[str]:
-    py = ANCHORS_DIR / "venv-lcpp" / "bin" / "python"
+    py = a.llamacpp_python
     if model == "smollm2":
         from models import smollm2_path
         target, quant = [str(smollm2_path())], ["Q4_1"]
@@ -71,6 +81,8 @@ def main() -> int:
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--jsonl", default=None, help="also append every raw record here")
+    ap.add_argument("--llamacpp-python", default=str(default_llamacpp_python()),
+                    help="python of the venv holding llama-cpp-python (default: venv-lcpp-noamx if built, else venv-lcpp)")
     a = ap.parse_args()
     rows = []
     for case in a.cases:

@@ -23,10 +23,11 @@ SHAPES = {
 }
 
 # benchmark format name -> WeightOnlyQuantConfig keywords
+# (fp16 scales, like the GGUF formats they are compared with: 4.5 and 8.5 bits per weight at g32)
 FORMATS = {
-    "int4_g32": dict(weight_dtype="int4", alg="sym", group_size=32, compute_dtype="int8"),
-    "int4_g128": dict(weight_dtype="int4", alg="sym", group_size=128, compute_dtype="int8"),
-    "int8_g32": dict(weight_dtype="int8", alg="sym", group_size=32, compute_dtype="int8"),
+    "int4_g32": dict(weight_dtype="int4", alg="sym", group_size=32, scale_dtype="fp16", compute_dtype="int8"),
+    "int4_g128": dict(weight_dtype="int4", alg="sym", group_size=128, scale_dtype="fp16", compute_dtype="int8"),
+    "int8_g32": dict(weight_dtype="int8", alg="sym", group_size=32, scale_dtype="fp16", compute_dtype="int8"),
 }
 # the llama.cpp format each llmrt format is compared with
 LLAMA_CPP_PEER = {"int4_g32": "Q4_0", "int4_g128": "Q4_0", "int8_g32": "Q8_0"}

@@ -42,7 +42,7 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight_dtype", default="int4", help="int4 | int8 | fp32 (default int4)")
     g.add_argument("--group_size", type=int, default=32, help="32 | 64 | 128 | -1 (per channel)")
     g.add_argument("--alg", default="sym", help="sym | asym")
-    g.add_argument("--scale_dtype", default="fp32", help="fp32 | bf16")
+    g.add_argument("--scale_dtype", default="fp32", help="fp32 | bf16 | fp16")
     g.add_argument("--compute_dtype", default="int8", help="int8 | fp32 | bf16")
     g.add_argument("--activation_precision", default="high",
                    help="int8 | auto | high (default high: two int8 passes per layer; chat prompts are short)")

@@ -80,7 +80,7 @@ def _llama3_inv_freq(inv: np.ndarray, s: dict) -> np.ndarray:
 _WEIGHT_DTYPES = {"int4": "int4", "int4_clip": "int4", "int4_fullrange": "int4", "int8": "int8",
                   "fp32": "fp32", "float32": "fp32"}
 _COMPUTE_DTYPES = {"int8", "fp32", "bf16"}
-_SCALE_DTYPES = {"fp32", "bf16"}
+_SCALE_DTYPES = {"fp32", "bf16", "fp16"}
 _ALGS = {"sym", "asym"}
 
 
@@ -90,12 +90,13 @@ class WeightOnlyQuantConfig:
 
     weight_dtype: int4 | int8 (int4_clip / int4_fullrange accepted as int4) | fp32 (no quantization)
     alg: sym | asym;  group_size: 32 | 64 | 128 | -1 (per output channel)
-    scale_dtype: fp32 | bf16;  compute_dtype: int8 | fp32 | bf16
+    scale_dtype: fp32 | bf16 | fp16;  compute_dtype: int8 | fp32 | bf16
     not_quant: keep every weight in fp32 (exact reference arithmetic)
     use_cache: save the quantized model next to the HF cache and reuse it on the next load
     head_weight_dtype: format of the output head; by default int8 for int4 models (like llama.cpp's
         higher-precision output tensor), the weight format otherwise
-    head_compute_dtype: compute dtype of the output head; by default fp32 when compute_dtype is int8
+    head_compute_dtype: compute dtype of the output head; by default the compute dtype (under int8
+        compute the head gets two-pass activations unless activation_precision is "int8")
     activation_precision: under int8 compute, how activations are rounded to int8 per 32 values:
         "int8"  one pass everywhere (fastest prefill);
         "auto"  one pass, but the MLP down projection (whose input carries the outliers) gets two
@@ -128,7 +129,7 @@ class WeightOnlyQuantConfig:
         if self.compute_dtype not in _COMPUTE_DTYPES:
             raise ValueError(f"unknown compute_dtype {self.compute_dtype!r}; choose int8, fp32 or bf16")
         if self.scale_dtype not in _SCALE_DTYPES:
-            raise ValueError(f"unknown scale_dtype {self.scale_dtype!r}; choose fp32 or bf16")
+            raise ValueError(f"unknown scale_dtype {self.scale_dtype!r}; choose fp32, bf16 or fp16")
         g = int(self.group_size)
         if g != -1 and (g <= 0 or g % 32):
             raise ValueError(f"group_size must be -1 (per channel) or a positive multiple of 32, got {self.group_size}")
@@ -148,11 +149,10 @@ class WeightOnlyQuantConfig:
 
     @property
     def head_compute(self) -> str:
-        """The output head's activations stay fp32 under int8 compute by default: 8-bit activations
-        there cost measurable accuracy, and generation runs the head on one row per step only."""
-        if self.head_compute_dtype:
-            return self.head_compute_dtype
-        return "fp32" if self.compute_dtype == "int8" else self.compute_dtype
+        """8-bit activations at the output head cost measurable accuracy, so under int8 compute the
+        head runs two passes (value + residual, ~15-bit) in one weight pass: as accurate as fp32
+        activations there at the speed of the int8 kernels (the engine arranges the two passes)."""
+        return self.head_compute_dtype or self.compute_dtype
 
     def runtime_options(self) -> dict[str, Any]:
         """The options that change how stored weights run, not what is stored."""

@@ -81,11 +81,11 @@ def fuse_rows(parts: list[Stored]):
     return KernelWeights(np.concatenate([k.qs for k in ks]), np.concatenate([k.d for k in ks]), ms, b, ks[0].group)
 
 
-def linear_from(w, compute: str, bias: np.ndarray | None = None) -> Linear:
+def linear_from(w, compute: str, bias: np.ndarray | None = None, panels: bool = True) -> Linear:
     """A Linear over kernel-layout weights; several Linears may share the same arrays."""
     if isinstance(w, np.ndarray):
         return Linear.dense(w, bias)
-    return Linear.quantized(w.qs, w.d, w.m, w.bits, w.group, bias=bias, compute=compute)
+    return Linear.quantized(w.qs, w.d, w.m, w.bits, w.group, bias=bias, compute=compute, panels=panels)
 
 
 def make_linear(parts: list[Stored], compute: str, bias: np.ndarray | None = None) -> Linear:
@@ -134,7 +134,7 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
                             _dense(t, p + "attn_norm.weight"), _dense(t, p + "attn_norm.bias"),
                             _dense(t, p + "mlp_norm.weight"), _dense(t, p + "mlp_norm.bias")))
     embed_w = fuse_rows([_need(t, "embed")])
-    embed = linear_from(embed_w, compute)
+    embed = linear_from(embed_w, compute, panels=False)   # read a row at a time: canonical layout
     head_compute = head_compute or compute
     if cfg.tie_word_embeddings or "lm_head.weight" not in t:
         lm_head = linear_from(embed_w, head_compute)      # shares the embedding's arrays

@@ -9,6 +9,7 @@ from llmrt._kernels import _ops
 
 TIERS = _ops.supported_tiers()
 WIDE_TIERS = {"avx512", "avx512_vnni", "amx"}   # tiers whose bf16 GEMM may use AVX512-BF16
+PANEL_TIERS = {"avx512_vnni", "amx"}             # tiers with int8 kernels on the panel layout
 HAVE_BF16_HW = _ops.bf16_instructions_available()
 F32 = np.float32
 
@@ -199,11 +200,36 @@ EDGE_CASES = [(k, n, g, rows, bits, has_m)
 
 
 @pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("panels", [True, False], ids=["panels", "canonical"])
 @pytest.mark.parametrize("case", EDGE_CASES, ids=lambda c: "k{}-n{}-g{}-m{}-q{}{}".format(*c[:5], "-off" if c[5] else ""))
-def test_quantized_gemm_int8_edges(use_tier, tier, case):
+def test_quantized_gemm_int8_edges(use_tier, tier, case, panels):
     use_tier(tier)
     qs, d, m, x = qcase(*case)
-    check_int8(case, _ops.Linear.quantized(qs, d, m, case[4], case[2], compute="int8")(x))
+    lin = _ops.Linear.quantized(qs, d, m, case[4], case[2], compute="int8", panels=panels)
+    check_int8(case, lin(x))
+    # a tier without panel kernels rebuilds the canonical planes from the panels once
+    expect = "canonical" if not panels else ("panels" if tier in PANEL_TIERS else "panels+canonical")
+    assert lin.layout == expect and lin.panel_scales == ("fp32" if panels else None)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("case", EDGE_CASES[::3], ids=lambda c: "k{}-n{}-g{}-m{}-q{}{}".format(*c[:5], "-off" if c[5] else ""))
+def test_panels_with_fp16_scales(use_tier, tier, case):
+    """Scales that fp16 holds exactly are stored as fp16 inside the panels (half the scale bytes)."""
+    use_tier(tier)
+    qs, d, m, x = qcase(*case)
+    d = d.astype(np.float16).astype(F32)
+    m = None if m is None else m.astype(np.float16).astype(F32)
+    lin = _ops.Linear.quantized(qs, d, m, case[4], case[2], compute="int8")
+    assert lin.panel_scales == "fp16"
+    y = lin(x)
+    kq, kd, ks = _ops.quantize_activations(x)
+    ref, mag = int8_ref(qs, d, m, case[4], case[2], kq, kd, ks)
+    assert_close(y, ref, mag, 1e-5)
+    # the canonical planes come back exactly from the panels
+    for j in (0, case[1] // 2, case[1] - 1):
+        np.testing.assert_array_equal(lin.get_row(j), dequant(qs[j:j + 1], d[j:j + 1], None if m is None else m[j:j + 1],
+                                                              case[4], case[2])[0])
 
 
 @pytest.mark.parametrize("tier", TIERS)

@@ -22,6 +22,8 @@ NORMS = {"rms": 0, "layer": 1}
 MLPS = {"gated_silu": 0, "silu": ACT_SILU + 10, "gelu": ACT_GELU + 10,
         "gelu_tanh": ACT_GELU_TANH + 10, "relu": ACT_RELU + 10}
 RESIDUALS = {"sequential": 0, "parallel": 1, "parallel_shared_norm": 2}
+# rows of the output head per two-pass weight pass (decode and beams need few; prefill asks for one)
+HEAD_TWO_PASS_ROWS = 32
 
 
 cdef class KVCache:
@@ -173,7 +175,7 @@ cdef class Engine:
     cdef readonly Linear embed, lm_head
     cdef object final_norm_w, final_norm_b, inv_freq, emb_norm_w, emb_norm_b
     cdef readonly int64_t max_chunk
-    cdef readonly ActScratch act_scratch
+    cdef readonly ActScratch act_scratch, head_scratch
     # scratch, sized for max_chunk rows
     cdef cnp.ndarray x, h, h2, qkv, att, o, mi, act, m, aq, ad, asum, cs, sn, logits_row
 
@@ -218,6 +220,10 @@ cdef class Engine:
             self.act_scratch = ActScratch(max_chunk, max(l.k for l in lins), max(l.n for l in lins))
             for l in lins:
                 (<Linear> l).use_two_pass_activations(self.act_scratch)
+            if lm_head.compute == "int8":
+                # the head's outputs are wide: its own scratch, a few rows per weight pass
+                self.head_scratch = ActScratch(HEAD_TWO_PASS_ROWS, lm_head.k, lm_head.n)
+                lm_head.use_two_pass_activations(self.head_scratch)
 
     def _check_shapes(self):
         qkv_n = (self.n_head + 2 * self.n_kv_head) * self.head_dim

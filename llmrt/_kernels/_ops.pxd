@@ -39,5 +39,7 @@ cdef class Linear:
     cdef ActScratch scratch
     cdef void apply(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy,
                     int8_t *aq, float *ad, int32_t *asum) noexcept nogil
+    cdef int _ensure_canonical(self) except -1
+    cdef void _qgemm_i8(self, const lr_qact *act, float *y, int64_t ldy) noexcept nogil
     cdef void _apply_two_pass(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil
     cdef void row(self, int64_t j, float *out) noexcept nogil

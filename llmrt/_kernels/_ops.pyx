@@ -14,6 +14,7 @@ from llmrt._kernels.kernels cimport (
     lr_tier_name, lr_tier_compiled, lr_tier_supported, lr_best_tier, lr_tier_kernels,
     lr_set_threads, lr_get_threads, lr_openmp_enabled, lr_f16_to_f32,
     lr_bf16_hw_available, lr_bf16_hw_enabled, lr_set_bf16_hw,
+    lr_panels_nbytes, lr_panels_f16_exact, lr_pack_panels, lr_unpack_panels,
 )
 
 cnp.import_array()
@@ -177,9 +178,11 @@ cdef class Linear:
         return self
 
     @staticmethod
-    def quantized(qs, d, m, int bits, int group, bias=None, compute="int8"):
+    def quantized(qs, d, m, int bits, int group, bias=None, compute="int8", bint panels=True):
         """Quantized matrix in the kernel layout (see kernels.h): qs (n, k*bits/8) uint8,
-        d and m (n, k/group) float32 (m may be None)."""
+        d and m (n, k/group) float32 (m may be None).  With int8 compute and panels=True the
+        matrix is repacked into panels (fp16 scales when every scale converts exactly) and the
+        canonical planes are dropped; they are rebuilt only if a tier without panel kernels runs."""
         cdef Linear self = Linear()
         if bits not in (4, 8):
             raise ValueError(f"bits must be 4 or 8, got {bits}")
@@ -208,7 +211,57 @@ cdef class Linear:
         if m is not None:
             self.arrays["m"] = m
         self._set_bias(bias)
+        if panels and self.icompute == COMPUTE_INT8:
+            self._to_panels()
         return self
+
+    def _to_panels(self):
+        cdef int f16 = lr_panels_f16_exact(&self.q)
+        cdef int asym = self.q.m != NULL
+        cdef size_t nbytes = lr_panels_nbytes(self.n, self.k, self.q.bits, self.q.group, asym, f16)
+        cdef cnp.ndarray buf = _aligned_bytes(nbytes)
+        with nogil:
+            lr_pack_panels(&self.q, f16, <uint8_t *> cnp.PyArray_DATA(buf))
+        self.q.panels = <const uint8_t *> cnp.PyArray_DATA(buf)
+        self.q.panel_f16, self.q.panel_m = f16, asym
+        self.q.qs, self.q.d, self.q.m = NULL, NULL, NULL
+        for name in ("qs", "d", "m"):
+            self.arrays.pop(name, None)
+        self.arrays["panels"] = buf
+
+    cdef int _ensure_canonical(self) except -1:
+        """Rebuild qs, d (and m) from the panels, for kernels that read the canonical planes."""
+        if self.q.qs != NULL or self.q.panels == NULL:
+            return 0
+        cdef int64_t ng = self.k // self.q.group
+        qs = np.empty((self.n, self.k * self.q.bits // 8), np.uint8)
+        d = np.empty((self.n, ng), np.float32)
+        m = np.empty((self.n, ng), np.float32) if self.q.panel_m else None
+        lr_unpack_panels(&self.q, <uint8_t *> cnp.PyArray_DATA(qs), <float *> cnp.PyArray_DATA(d),
+                         <float *> cnp.PyArray_DATA(m) if m is not None else NULL)
+        self.arrays.update(qs=qs, d=d)
+        if m is not None:
+            self.arrays["m"] = m
+            self.q.m = <const float *> cnp.PyArray_DATA(m)
+        self.q.d = <const float *> cnp.PyArray_DATA(d)
+        self.q.qs = <const uint8_t *> cnp.PyArray_DATA(qs)
+        return 0
+
+    @property
+    def layout(self):
+        """'panels', 'panels+canonical' (a tier without panel kernels ran), 'canonical' or 'dense'."""
+        if self.ikind != KIND_QUANT:
+            return "dense"
+        if self.q.panels == NULL:
+            return "canonical"
+        return "panels" if self.q.qs == NULL else "panels+canonical"
+
+    @property
+    def panel_scales(self):
+        """Scale dtype inside the panels ('fp16' or 'fp32'), None without panels."""
+        if self.ikind != KIND_QUANT or self.q.panels == NULL:
+            return None
+        return "fp16" if self.q.panel_f16 else "fp32"
 
     def _set_bias(self, bias):
         if bias is None:
@@ -255,12 +308,12 @@ cdef class Linear:
             _active.gemm_f32(self.w32, self.n, self.k, x, ldx, rows, y, ldy)
         elif self.ikind == KIND_F16:
             _active.gemm_f16(self.w16, self.n, self.k, x, ldx, rows, y, ldy)
-        elif self.icompute == COMPUTE_INT8 and self.act_passes == 2 and rows <= self.scratch.rows:
+        elif self.icompute == COMPUTE_INT8 and self.act_passes == 2:
             self._apply_two_pass(x, ldx, rows, y, ldy)
         elif self.icompute == COMPUTE_INT8:
             _active.quantize_act(x, ldx, rows, self.k, aq, ad, asum)
             act.rows, act.k, act.q, act.d, act.sum = rows, self.k, aq, ad, asum
-            _active.qgemm_i8(&self.q, &act, y, ldy)
+            self._qgemm_i8(&act, y, ldy)
         elif self.icompute == COMPUTE_FP32:
             _active.qgemm_f32(&self.q, x, ldx, rows, y, ldy)
         else:
@@ -270,24 +323,37 @@ cdef class Linear:
                 for j in range(self.n):
                     y[r * ldy + j] += self.bias_ptr[j]
 
+    cdef void _qgemm_i8(self, const lr_qact *act, float *y, int64_t ldy) noexcept nogil:
+        if self.q.panels != NULL and _active.qgemm_i8_panels != NULL:
+            _active.qgemm_i8_panels(&self.q, act, y, ldy)
+            return
+        if self.q.qs == NULL:
+            with gil:
+                self._ensure_canonical()
+        _active.qgemm_i8(&self.q, act, y, ldy)
+
     cdef void _apply_two_pass(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil:
         cdef int64_t k = self.k, n = self.n, nb = self.k // LR_QK
-        cdef int64_t r, i, b
+        cdef int64_t r, i, b, m, r0 = 0, step = self.scratch.rows
         cdef float db
         cdef lr_qact act
-        # pass 1 rows [0, rows); the residual x - dequant(pass 1) as rows [rows, 2 rows)
-        _active.quantize_act(x, ldx, rows, k, self.scratch.q, self.scratch.d, self.scratch.s)
-        for r in range(rows):
-            for b in range(nb):
-                db = self.scratch.d[r * nb + b]
-                for i in range(b * LR_QK, (b + 1) * LR_QK):
-                    self.scratch.r[r * k + i] = x[r * ldx + i] - db * self.scratch.q[r * k + i]
-        _active.quantize_act(self.scratch.r, k, rows, k, self.scratch.q + rows * k, self.scratch.d + rows * nb, self.scratch.s + rows * nb)
-        act.rows, act.k, act.q, act.d, act.sum = 2 * rows, k, self.scratch.q, self.scratch.d, self.scratch.s
-        _active.qgemm_i8(&self.q, &act, self.scratch.y, n)
-        for r in range(rows):
-            for i in range(n):
-                y[r * ldy + i] = self.scratch.y[r * n + i] + self.scratch.y[(rows + r) * n + i]
+        # at most scratch.rows rows per weight pass
+        while r0 < rows:
+            m = min(step, rows - r0)
+            # pass 1 rows [0, m); the residual x - dequant(pass 1) as rows [m, 2 m)
+            _active.quantize_act(x + r0 * ldx, ldx, m, k, self.scratch.q, self.scratch.d, self.scratch.s)
+            for r in range(m):
+                for b in range(nb):
+                    db = self.scratch.d[r * nb + b]
+                    for i in range(b * LR_QK, (b + 1) * LR_QK):
+                        self.scratch.r[r * k + i] = x[(r0 + r) * ldx + i] - db * self.scratch.q[r * k + i]
+            _active.quantize_act(self.scratch.r, k, m, k, self.scratch.q + m * k, self.scratch.d + m * nb, self.scratch.s + m * nb)
+            act.rows, act.k, act.q, act.d, act.sum = 2 * m, k, self.scratch.q, self.scratch.d, self.scratch.s
+            self._qgemm_i8(&act, self.scratch.y, n)
+            for r in range(m):
+                for i in range(n):
+                    y[(r0 + r) * ldy + i] = self.scratch.y[r * n + i] + self.scratch.y[(m + r) * n + i]
+            r0 += m
 
     cdef void row(self, int64_t j, float *out) noexcept nogil:
         """Row j of W as floats (embedding lookup); j must be in [0, n)."""
@@ -303,6 +369,9 @@ cdef class Linear:
             for i in range(self.k):
                 out[i] = lr_f16_to_f32(self.w16[j * self.k + i])
             return
+        if self.q.qs == NULL:
+            with gil:
+                self._ensure_canonical()
         ng = self.k // self.q.group
         for b in range(self.k // LR_QK):
             g = (b * LR_QK) // self.q.group
@@ -344,6 +413,13 @@ cdef class Linear:
                        <int8_t *> cnp.PyArray_DATA(aq), <float *> cnp.PyArray_DATA(ad),
                        <int32_t *> cnp.PyArray_DATA(asum))
         return y
+
+
+def _aligned_bytes(size_t nbytes):
+    """A uint8 array of nbytes starting on a 64-byte boundary (one cache line per vector load)."""
+    raw = np.empty(nbytes + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + nbytes]
 
 
 def quantize_activations(x):

@@ -85,6 +85,63 @@ static void amx_pack_a(const lr_qmat *w, int64_t j0, int bias, uint8_t *out) {
     }
 }
 
+/* The same A tiles from panel p (kernels.h): per block, the 8 vectors of 16 row dwords (int4: low
+ * then high nibbles of the 4 byte vectors; int8: the 8 byte vectors) are transposed to 16 rows of
+ * 8 dwords, i.e. each row's 32 elements in order. */
+static void amx_pack_a_panel(const lr_qmat *w, int64_t p, uint8_t *out) {
+    const int64_t nb = w->k / LR_QK, ng = w->k / w->group, bpg = w->group / LR_QK, gb = pn_group_bytes(w);
+    const int64_t bb = w->bits == 4 ? 256 : 512;
+    const __m512i lo4 = _mm512_set1_epi8(0x0f), x80 = _mm512_set1_epi8((char)0x80);
+    const __m512i sub = _mm512_set1_epi8(w->bits == 4 && !w->panel_m ? 8 : 0);
+    const __m512i i01 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i i23 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w->panels + (p * ng + b / bpg) * gb + (b % bpg) * bb;
+        __m512i V[8];
+        if (w->bits == 4) {
+            for (int v = 0; v < 4; v++) {
+                const __m512i wv = _mm512_loadu_si512(blk + 64 * v);
+                V[v] = _mm512_sub_epi8(_mm512_and_si512(wv, lo4), sub);
+                V[4 + v] = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(wv, 4), lo4), sub);
+            }
+        } else {
+            for (int v = 0; v < 8; v++) V[v] = _mm512_xor_si512(_mm512_loadu_si512(blk + 64 * v), x80);
+        }
+        /* X[x] / Y[x]: 128-bit lane L holds row 4L + x, dwords of columns 0-3 / 4-7 */
+        __m512i X[4], Y[4];
+        for (int h = 0; h < 2; h++) {
+            const __m512i *U = V + 4 * h;
+            const __m512i t0 = _mm512_unpacklo_epi32(U[0], U[1]), t1 = _mm512_unpackhi_epi32(U[0], U[1]);
+            const __m512i t2 = _mm512_unpacklo_epi32(U[2], U[3]), t3 = _mm512_unpackhi_epi32(U[2], U[3]);
+            __m512i *Z = h ? Y : X;
+            Z[0] = _mm512_unpacklo_epi64(t0, t2);
+            Z[1] = _mm512_unpackhi_epi64(t0, t2);
+            Z[2] = _mm512_unpacklo_epi64(t1, t3);
+            Z[3] = _mm512_unpackhi_epi64(t1, t3);
+        }
+        uint8_t *o = out + b * AMX_T * LR_QK;
+        for (int x = 0; x < 4; x++) {
+            const __m512i r01 = _mm512_permutex2var_epi32(X[x], i01, Y[x]);   /* rows x, 4 + x */
+            const __m512i r23 = _mm512_permutex2var_epi32(X[x], i23, Y[x]);   /* rows 8 + x, 12 + x */
+            _mm256_storeu_si256((__m256i *)(o + x * LR_QK), _mm512_castsi512_si256(r01));
+            _mm256_storeu_si256((__m256i *)(o + (4 + x) * LR_QK), _mm512_extracti64x4_epi64(r01, 1));
+            _mm256_storeu_si256((__m256i *)(o + (8 + x) * LR_QK), _mm512_castsi512_si256(r23));
+            _mm256_storeu_si256((__m256i *)(o + (12 + x) * LR_QK), _mm512_extracti64x4_epi64(r23, 1));
+        }
+    }
+}
+
+/* Scales (and offsets) of panel p as [group][16] floats. */
+static void amx_pack_scales_panel(const lr_qmat *w, int64_t p, float *dwt, float *mwt) {
+    const int64_t ng = w->k / w->group, bpg = w->group / LR_QK, gb = pn_group_bytes(w);
+    const int64_t sb = bpg * (w->bits == 4 ? 256 : 512), ss = w->panel_f16 ? 2 : 4;
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *sp = w->panels + (p * ng + g) * gb + sb;
+        _mm512_storeu_ps(dwt + g * AMX_T, pn_load_scales(sp, w->panel_f16));
+        if (mwt) _mm512_storeu_ps(mwt + g * AMX_T, pn_load_scales(sp + LR_PANEL * ss, w->panel_f16));
+    }
+}
+
 /* Weight scales (and offsets m) of 16 rows from j0, transposed to [group][16]. */
 static void amx_pack_scales(const lr_qmat *w, int64_t j0, float *dwt, float *mwt) {
     const int64_t ng = w->k / w->group;
@@ -104,7 +161,7 @@ LR_INLINE void amx_scale_block(__m512 acc[AMX_T], const int32_t *cb, const float
 
 /* Output rows rt*16 .. +16 x weight rows j0 .. +16.  A: packed weight tiles (amx_pack_a); dwt, mwt:
  * their scales and offsets (amx_pack_scales); cbuf: 4 C tiles of scratch. */
-static void amx_tile(const amx_ctx *c, int64_t rt, int64_t j0, const uint8_t *A, const float *dwt,
+static void amx_tile(const amx_ctx *c, int64_t rt, int64_t j0, int64_t jn, const uint8_t *A, const float *dwt,
                      const float *mwt, int32_t *cbuf) {
     const lr_qmat *w = c->w;
     const int64_t k = w->k, nb = k / LR_QK, ng = k / w->group, bpg = w->group / LR_QK;
@@ -169,22 +226,24 @@ static void amx_tile(const amx_ctx *c, int64_t rt, int64_t j0, const uint8_t *A,
     LR_UNROLL for (int j = 0; j < AMX_T; j++) _mm512_store_ps(t + j * 16, acc[j]);
     for (int r = 0; r < AMX_T; r++) {
         float *yr = c->y + (rt * AMX_T + r) * c->ldy + j0;
-        for (int j = 0; j < AMX_T; j++) yr[j] = t[j * 16 + r];
+        for (int j = 0; j < jn; j++) yr[j] = t[j * 16 + r];
     }
 }
 
-/* Activation rows [0, mt) (mt a multiple of 16) x weight rows [0, nt) (nt a multiple of 16). */
-static int amx_part(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy, int64_t mt, int64_t nt) {
+/* Activation rows [0, mt) (mt a multiple of 16) x weight rows [0, nt) (nt a multiple of 16, or with
+ * panels every row). */
+static int amx_part(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy, int64_t mt, int64_t nt, int panels) {
+    const int has_m = panels ? w->panel_m != 0 : w->m != NULL;
     const int64_t k = w->k, nb = k / LR_QK, ng = k / w->group, bpg = w->group / LR_QK, ntile = mt / AMX_T;
     int32_t *xt = (int32_t *)malloc((size_t)(mt * k) + 64);
     float *dv = (float *)malloc((size_t)(mt * nb) * sizeof(float) + 64);
-    float *sv = w->m ? (float *)malloc((size_t)(mt * ng) * sizeof(float) + 64) : NULL;
-    if (!xt || !dv || (w->m && !sv)) {
+    float *sv = has_m ? (float *)malloc((size_t)(mt * ng) * sizeof(float) + 64) : NULL;
+    if (!xt || !dv || (has_m && !sv)) {
         free(xt); free(dv); free(sv);
         return 0;
     }
     const amx_ctx c = {w, a, y, ldy, xt, dv, sv};
-    const int64_t jtiles = nt / AMX_T;
+    const int64_t jtiles = (nt + AMX_T - 1) / AMX_T;
     /* activation tiles per pass: their bytes stay in L2 while the thread's weights stream */
     const int64_t tpc = lr_row_chunk(k + 4 * nb, AMX_T) / AMX_T;
     int ok = 1;
@@ -215,16 +274,22 @@ static int amx_part(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy, i
             ok = 0;
         } else {
             float *dwt = (float *)(abuf + AMX_T * k);
-            float *mwt = w->m ? dwt + ng * AMX_T : NULL;
+            float *mwt = has_m ? dwt + ng * AMX_T : NULL;
             int64_t t0, t1;
             lr_thread_range(jtiles, &t0, &t1);
             amx_configure();
             for (int64_t rc = 0; rc < ntile; rc += tpc)
                 for (int64_t jt = t0; jt < t1; jt++) {
-                    amx_pack_a(w, jt * AMX_T, w->m == NULL, abuf);
-                    amx_pack_scales(w, jt * AMX_T, dwt, mwt);
+                    if (panels) {
+                        amx_pack_a_panel(w, jt, abuf);
+                        amx_pack_scales_panel(w, jt, dwt, mwt);
+                    } else {
+                        amx_pack_a(w, jt * AMX_T, w->m == NULL, abuf);
+                        amx_pack_scales(w, jt * AMX_T, dwt, mwt);
+                    }
+                    const int64_t jn = lr_min64(AMX_T, nt - jt * AMX_T);
                     for (int64_t rt = rc; rt < lr_min64(rc + tpc, ntile); rt++)
-                        amx_tile(&c, rt, jt * AMX_T, abuf, dwt, mwt, cbuf);
+                        amx_tile(&c, rt, jt * AMX_T, jn, abuf, dwt, mwt, cbuf);
                 }
             _tile_release();
         }
@@ -254,13 +319,24 @@ static void amx_qgemm_i8(const lr_qmat *w, const lr_qact *a, float *y, int64_t l
         i8_run(&c, span, mt, rows, 0, nt);
         i8_release(&c);
     }
-    if (!amx_part(w, a, y, ldy, mt, nt)) x86_qgemm_i8(w, a, y, ldy);
+    if (!amx_part(w, a, y, ldy, mt, nt, 0)) x86_qgemm_i8(w, a, y, ldy);
+}
+
+/* Panels: activation rows past the last multiple of 16 (and every row of a call with fewer than 16,
+ * e.g. decode) on the avx512_vnni panel code; every weight row on tiles (the panels are padded). */
+static void amx_qgemm_i8_panels(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
+    const int64_t rows = a->rows, mt = rows - rows % AMX_T, np = (w->n + LR_PANEL - 1) / LR_PANEL;
+    pn_ctx c;
+    pn_init(&c, w, a, y, ldy);
+    if (mt < rows) pn_run(&c, mt, rows, 0, np);
+    if (mt > 0 && !amx_part(w, a, y, ldy, mt, w->n, 1)) pn_run(&c, 0, mt, 0, np);
 }
 
 const lr_kernels lr_kernels_amx = {
     "amx",
     x86_quantize_act,
     amx_qgemm_i8,
+    amx_qgemm_i8_panels,
     ft_qgemm_f32,
     ft_qgemm_bf16,
     ft_gemm_f32,

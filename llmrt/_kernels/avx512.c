@@ -7,6 +7,7 @@ const lr_kernels lr_kernels_avx512 = {
     "avx512",
     x86_quantize_act,
     x86_qgemm_i8,
+    NULL,
     ft_qgemm_f32,
     ft_qgemm_bf16,
     ft_gemm_f32,

@@ -22,6 +22,17 @@
  * apply the weight offsets m without dequantizing).
  *
  * Output convention for every GEMM: y[r*ldy + j] = sum_k W[j, k] * X[r, k]   (Y = X W^T).
+ *
+ * Panels (the repacked, kernel-native layout of an lr_qmat; panels.c converts both ways):
+ * rows in panels of LR_PANEL = 16 (the last one zero-padded), each panel one contiguous stream of
+ * its groups in k order; one group is its k/32-blocks followed by the 16 rows' scales d and, when
+ * m != NULL, offsets m (fp32, or fp16 when every value converts exactly: panel_f16).  One block:
+ *   bits 4: 4 vectors of 64 bytes; vector v holds, per row i, the 4 bytes 4v..4v+3 of the row's
+ *           block at bytes 4i..4i+3 (low nibbles: elements 4v..4v+3, high: 16+4v..16+4v+3).
+ *   bits 8: 8 vectors of 64 bytes; vector v holds bytes 4v..4v+3 of row i at 4i, stored as
+ *           q ^ 0x80 = q + 128 (unsigned operands for the u8 x s8 dot instructions).
+ * A dot product of one panel with a broadcast activation dword then yields the 16 rows' partial
+ * sums in the 16 int32 lanes of one 512-bit vector, with no horizontal reduction.
  */
 #ifndef LLMRT_KERNELS_H
 #define LLMRT_KERNELS_H
@@ -43,7 +54,20 @@ typedef struct lr_qmat {
     const uint8_t *qs;  /* n * k * bits / 8 bytes */
     const float *d;     /* n * (k / group) */
     const float *m;     /* n * (k / group), or NULL */
+    const uint8_t *panels;  /* the same matrix as panels, or NULL; qs/d/m may then be NULL */
+    int32_t panel_f16;      /* panel scales (and offsets) are fp16 */
+    int32_t panel_m;        /* the panels carry offsets m */
 } lr_qmat;
+
+#define LR_PANEL 16
+/* Bytes of the panel form; its scales are fp16 when f16 != 0. */
+size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int f16);
+/* 1 when every d (and m) converts to fp16 and back unchanged. */
+int lr_panels_f16_exact(const lr_qmat *w);
+/* w (qs, d, m) -> out (lr_panels_nbytes bytes). */
+void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out);
+/* w->panels -> canonical qs, d and m (m written only when w->panel_m). */
+void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m);
 
 typedef struct lr_qact {
     int64_t rows;
@@ -90,6 +114,8 @@ typedef struct lr_kernels {
 
     /* int8 compute: Y = Xq W^T. */
     void (*qgemm_i8)(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy);
+    /* int8 compute on w->panels; NULL when the tier has no panel kernel (then qs/d/m are used). */
+    void (*qgemm_i8_panels)(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy);
 
     /* fp32 compute: weights dequantized in registers, X in fp32 (row stride ldx). */
     void (*qgemm_f32)(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows,

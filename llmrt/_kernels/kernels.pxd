@@ -20,6 +20,9 @@ cdef extern from "kernels.h" nogil:
         const uint8_t *qs
         const float *d
         const float *m
+        const uint8_t *panels
+        int32_t panel_f16
+        int32_t panel_m
 
     ctypedef struct lr_qact:
         int64_t rows
@@ -51,6 +54,7 @@ cdef extern from "kernels.h" nogil:
         const char *name
         void (*quantize_act)(const float *x, int64_t ldx, int64_t rows, int64_t k, int8_t *q, float *d, int32_t *sum) noexcept nogil
         void (*qgemm_i8)(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) noexcept nogil
+        void (*qgemm_i8_panels)(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) noexcept nogil
         void (*qgemm_f32)(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil
         void (*qgemm_bf16)(const lr_qmat *w, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil
         void (*gemm_f32)(const float *w, int64_t n, int64_t k, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil
@@ -62,6 +66,11 @@ cdef extern from "kernels.h" nogil:
     int lr_tier_supported(int tier)
     int lr_best_tier()
     const lr_kernels *lr_tier_kernels(int tier)
+    enum: LR_PANEL
+    size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int f16)
+    int lr_panels_f16_exact(const lr_qmat *w)
+    void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out)
+    void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m)
     int lr_bf16_hw_available()
     int lr_bf16_hw_enabled()
     void lr_set_bf16_hw(int enable)

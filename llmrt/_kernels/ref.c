@@ -5,6 +5,7 @@ const lr_kernels lr_kernels_ref = {
     "ref",
     generic_quantize_act,
     generic_qgemm_i8,
+    NULL,
     generic_qgemm_f32,
     generic_qgemm_bf16,
     generic_gemm_f32,

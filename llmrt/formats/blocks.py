@@ -41,7 +41,7 @@ F16_DTYPE = np.dtype("<f2")
 GGUF_FORMAT_NAMES = ("q4_0", "q4_1", "q8_0")
 WEIGHT_DTYPES = ("int4", "int8")
 ALGS = ("sym", "asym")
-SCALE_DTYPES = ("fp32", "bf16")
+SCALE_DTYPES = ("fp32", "bf16", "fp16")
 
 _GGUF_SPEC = {  # name -> (bits, alg, dtype)
     "q4_0": (4, "sym", Q4_0_DTYPE),
@@ -98,6 +98,12 @@ def bf16_bits_to_fp32(u: np.ndarray) -> np.ndarray:
 def _encode_scale(s: np.ndarray, scale_dtype: str) -> np.ndarray:
     if scale_dtype == "bf16":
         return fp32_to_bf16_bits(s)
+    if scale_dtype == "fp16":
+        with np.errstate(over="ignore"):
+            out = s.astype(np.float16)
+        if not np.isfinite(out[np.isfinite(s)]).all():
+            raise ValueError("a scale exceeds the fp16 range (65504): use scale_dtype='fp32' or 'bf16'")
+        return out
     return s.astype(_SCALE_NP[scale_dtype])
 
 
@@ -319,11 +325,14 @@ def _q_int8_sym(x: np.ndarray, fmt: "QuantFormat") -> dict[str, np.ndarray]:
     amax = _rowmax(np.abs(x))
     _check_finite(amax)
     stored = _encode_scale(amax / np.float32(127), fmt.scale_dtype)
-    if fmt.scale_dtype == "bf16":
-        # bf16 may round the scale down so that 127*s < amax and the extreme element clips; take
-        # the next bf16 up instead to keep the error within s/2 everywhere.
-        short = bf16_bits_to_fp32(stored) * np.float32(127) < amax
-        stored = stored + short.astype(np.uint16)
+    if fmt.scale_dtype != "fp32":
+        # a 16-bit scale may round down so that 127*s < amax and the extreme element clips; take
+        # the next value up instead to keep the error within s/2 everywhere.
+        short = _decode_scale(stored, fmt.scale_dtype) * np.float32(127) < amax
+        if fmt.scale_dtype == "bf16":
+            stored = stored + short.astype(np.uint16)
+        else:
+            stored = np.where(short, np.nextafter(stored, np.float16(np.inf)), stored)
     s = _decode_scale(stored, fmt.scale_dtype)
     q = x * _safe_inv(s)[:, None]
     np.rint(q, out=q)

@@ -1,0 +1,99 @@
+/* Canonical lr_qmat <-> panel form (layout in kernels.h).  Portable C, run once per matrix at load
+ * (and back only when a tier without panel kernels needs the canonical planes). */
+#include <string.h>
+
+#include "half.h"
+#include "kernels.h"
+
+static int64_t block_bytes(int bits) { return bits == 4 ? 256 : 512; }
+
+static int64_t group_bytes(int64_t bpg, int bits, int asym, int f16) {
+    return bpg * block_bytes(bits) + (int64_t)LR_PANEL * (f16 ? 2 : 4) * (asym ? 2 : 1);
+}
+
+size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int f16) {
+    const int64_t np = (n + LR_PANEL - 1) / LR_PANEL, ng = k / group;
+    return (size_t)(np * ng * group_bytes(group / LR_QK, bits, asym, f16));
+}
+
+static int f16_exact(float v) { return lr_f16_to_f32(lr_f32_to_f16(v)) == v; }
+
+int lr_panels_f16_exact(const lr_qmat *w) {
+    const int64_t cnt = w->n * (w->k / w->group);
+    for (int64_t i = 0; i < cnt; i++)
+        if (!f16_exact(w->d[i]) || (w->m && !f16_exact(w->m[i]))) return 0;
+    return 1;
+}
+
+static void put_scale(uint8_t *p, int i, float v, int f16) {
+    if (f16) {
+        const uint16_t h = lr_f32_to_f16(v);
+        memcpy(p + 2 * i, &h, 2);
+    } else {
+        memcpy(p + 4 * i, &v, 4);
+    }
+}
+
+static float get_scale(const uint8_t *p, int i, int f16) {
+    if (f16) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        return lr_f16_to_f32(h);
+    }
+    float v;
+    memcpy(&v, p + 4 * i, 4);
+    return v;
+}
+
+void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out) {
+    const int64_t n = w->n, k = w->k, ng = k / w->group, bpg = w->group / LR_QK;
+    const int64_t np = (n + LR_PANEL - 1) / LR_PANEL, row_bytes = k * w->bits / 8;
+    const int64_t bb = block_bytes(w->bits), qb = LR_QK * w->bits / 8, gb = group_bytes(bpg, w->bits, w->m != NULL, f16);
+    const int ss = f16 ? 2 : 4;
+    memset(out, 0, lr_panels_nbytes(n, k, w->bits, w->group, w->m != NULL, f16));
+    for (int64_t p = 0; p < np; p++)
+        for (int64_t g = 0; g < ng; g++) {
+            uint8_t *gp = out + (p * ng + g) * gb;
+            for (int i = 0; i < LR_PANEL; i++) {
+                const int64_t j = p * LR_PANEL + i;
+                if (j >= n) break;
+                for (int64_t bi = 0; bi < bpg; bi++) {
+                    const uint8_t *src = w->qs + j * row_bytes + (g * bpg + bi) * qb;
+                    uint8_t *blk = gp + bi * bb;
+                    for (int64_t v = 0; v < qb / 4; v++)
+                        for (int t = 0; t < 4; t++) {
+                            const uint8_t byte = src[4 * v + t];
+                            blk[v * 64 + 4 * i + t] = w->bits == 8 ? (uint8_t)(byte ^ 0x80u) : byte;
+                        }
+                }
+                put_scale(gp + bpg * bb, i, w->d[j * ng + g], f16);
+                if (w->m) put_scale(gp + bpg * bb + LR_PANEL * ss, i, w->m[j * ng + g], f16);
+            }
+        }
+}
+
+void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m) {
+    const int asym = w->panel_m;
+    const int64_t n = w->n, k = w->k, ng = k / w->group, bpg = w->group / LR_QK;
+    const int64_t row_bytes = k * w->bits / 8, bb = block_bytes(w->bits), qb = LR_QK * w->bits / 8;
+    const int f16 = w->panel_f16, ss = f16 ? 2 : 4;
+    const int64_t gb = group_bytes(bpg, w->bits, asym, f16);
+    for (int64_t j = 0; j < n; j++) {
+        const int64_t p = j / LR_PANEL;
+        const int i = (int)(j % LR_PANEL);
+        for (int64_t g = 0; g < ng; g++) {
+            const uint8_t *gp = w->panels + (p * ng + g) * gb;
+            for (int64_t bi = 0; bi < bpg; bi++) {
+                uint8_t *dst = qs + j * row_bytes + (g * bpg + bi) * qb;
+                const uint8_t *blk = gp + bi * bb;
+                for (int64_t v = 0; v < qb / 4; v++)
+                    for (int t = 0; t < 4; t++) {
+                        const uint8_t byte = blk[v * 64 + 4 * i + t];
+                        dst[4 * v + t] = w->bits == 8 ? (uint8_t)(byte ^ 0x80u) : byte;
+                    }
+            }
+            d[j * ng + g] = get_scale(gp + bpg * bb, i, f16);
+            if (asym) m[j * ng + g] = get_scale(gp + bpg * bb + LR_PANEL * ss, i, f16);
+        }
+    }
+}
