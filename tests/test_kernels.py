@@ -310,13 +310,19 @@ ATTN_CASES = list(itertools.product(
 ))
 
 
+# (head_dim, ctx, n_tok, pos0): odd head size; several query blocks, key tiles and head_dim > 64;
+# one decode row at the end of the cache
+ATTN_SHAPES = [(40, 24, 5, 9), (128, 100, 40, 50), (64, 70, 1, 69)]
+
+
 @pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "hd{}-ctx{}-tok{}-pos{}".format(*s))
 @pytest.mark.parametrize("dtype,heads,span,alibi", ATTN_CASES)
-def test_attention(use_tier, tier, dtype, heads, span, alibi):
+def test_attention(use_tier, tier, dtype, heads, span, alibi, shape):
     use_tier(tier)
     n_head, n_kv = heads
     kv_begin, window = span
-    hd, ctx, n_tok, pos0 = 40, 24, 5, 9
+    hd, ctx, n_tok, pos0 = shape
     rng = np.random.default_rng(n_head * 100 + n_kv * 10 + window)
     q = rng.standard_normal((n_tok, n_head, hd)).astype(F32)
     kc = rng.standard_normal((n_kv, ctx, hd)).astype(dtype)

@@ -341,5 +341,5 @@ const lr_kernels lr_kernels_amx = {
     ft_qgemm_bf16,
     ft_gemm_f32,
     ft_gemm_f16,
-    generic_attention,
+    x86_attention,
 };

@@ -12,5 +12,5 @@ const lr_kernels lr_kernels_avx512 = {
     ft_qgemm_bf16,
     ft_gemm_f32,
     ft_gemm_f16,
-    generic_attention,
+    x86_attention,
 };

@@ -11,5 +11,5 @@ const lr_kernels lr_kernels_avx512_vnni = {
     ft_qgemm_bf16,
     ft_gemm_f32,
     ft_gemm_f16,
-    generic_attention,
+    x86_attention,
 };

@@ -68,7 +68,7 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, const int R, cons
         }
         for (int64_t bi = 0; bi < bpg; bi++, b++) {
             const uint8_t *blk = gp + bi * bb;
-            LR_UNROLL for (int v = 0; v < (BITS == 4 ? 4 : 8); v++)
+            for (int v = 0; v < (BITS == 4 ? 4 : 8); v++)
                 _mm_prefetch((const char *)(blk + PN_PREFETCH + 64 * v), _MM_HINT_T0);
             const int8_t *xo[PN_R];
             __m512i is[PN_R];
@@ -178,7 +178,7 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
     }
 }
 
-static void x86_qgemm_i8_panels(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
+LR_UNUSED static void x86_qgemm_i8_panels(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
     pn_ctx c;
     pn_init(&c, w, a, y, ldy);
     pn_run(&c, 0, a->rows, 0, (w->n + LR_PANEL - 1) / LR_PANEL);

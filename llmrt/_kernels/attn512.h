@@ -1,0 +1,183 @@
+/* Attention over the KV cache with 512-bit vectors (included by avx512_impl.h).
+ *
+ * Work items are (kv head, block of query tokens): the keys an item can see are converted once to
+ * fp32 and transposed into tiles of 16 keys x head_dim, so one query row's scores for 16 keys are
+ * head_dim FMAs of a broadcast query element, and every query head of the kv head's group (GQA)
+ * reuses the converted tiles; values are converted once into fp32 rows.  Softmax and the weighted
+ * sum of values run in fp32 on vectors.  Same semantics as generic_attention (kernels.h). */
+#ifndef LLMRT_ATTN512_H
+#define LLMRT_ATTN512_H
+
+#include <math.h>
+
+#define AT_KT 16          /* keys per tile */
+#define AT_TOKENS 16      /* query tokens per work item */
+
+/* e^x, |relative error| < 2 ulp on [-87, 88]; below -87 it flushes to 0 (softmax weights). */
+LR_INLINE __m512 at_exp(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.7f);
+    const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);   /* -inf (masked keys) -> 0 */
+    x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
+}
+
+/* 16 values of a cache row (fp16 or fp32) from element i as floats; fewer when masked. */
+LR_INLINE __m512 at_load(const void *base, int f16, int64_t i, __mmask16 m) {
+    if (f16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)base + i));
+    return _mm512_maskz_loadu_ps(m, (const float *)base + i);
+}
+
+/* Keys [j0, j1) of one kv head into tiles kt[(j - j0) / 16][d][16] (lanes past j1 zero). */
+static void at_pack_keys(const lr_attn_args *a, const void *kbase, int64_t j0, int64_t j1, float *kt) {
+    const int32_t hd = a->head_dim;
+    const int64_t nt = (j1 - j0 + AT_KT - 1) / AT_KT;
+    for (int64_t t = 0; t < nt; t++) {
+        float *tile = kt + t * hd * AT_KT;
+        for (int l = 0; l < AT_KT; l++) {
+            const int64_t j = j0 + t * AT_KT + l;
+            for (int32_t d0 = 0; d0 < hd; d0 += 16) {
+                const __mmask16 m = (__mmask16)(hd - d0 >= 16 ? 0xFFFF : (1u << (hd - d0)) - 1);
+                float tmp[16];
+                _mm512_storeu_ps(tmp, j < j1 ? at_load(kbase, a->kv_f16, j * hd + d0, m) : _mm512_setzero_ps());
+                for (int32_t d = d0; d < d0 + 16 && d < hd; d++) tile[d * AT_KT + l] = tmp[d - d0];
+            }
+        }
+    }
+}
+
+/* Values [j0, j1) of one kv head as fp32 rows vr[(j - j0) * hd]. */
+static void at_pack_values(const lr_attn_args *a, const void *vbase, int64_t j0, int64_t j1, float *vr) {
+    const int32_t hd = a->head_dim;
+    for (int64_t j = j0; j < j1; j++)
+        for (int32_t d0 = 0; d0 < hd; d0 += 16) {
+            const __mmask16 m = (__mmask16)(hd - d0 >= 16 ? 0xFFFF : (1u << (hd - d0)) - 1);
+            _mm512_mask_storeu_ps(vr + (j - j0) * hd + d0, m, at_load(vbase, a->kv_f16, j * hd + d0, m));
+        }
+}
+
+/* One query row (token position pos, head h) over keys [lo, pos] of the packed range from j0. */
+static void at_row(const lr_attn_args *a, int32_t h, int64_t pos, int64_t lo, int64_t j0, const float *qh,
+                   const float *kt, const float *vr, float *scores, float *oh) {
+    const int32_t hd = a->head_dim;
+    const __m512 scale = _mm512_set1_ps(a->scale);
+    const float slope = a->alibi_slopes ? a->alibi_slopes[h] : 0.0f;
+    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const int64_t t0 = (lo - j0) / AT_KT, t1 = (pos - j0) / AT_KT;
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t t = t0; t <= t1; t++) {
+        const float *tile = kt + t * hd * AT_KT;
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        int32_t d = 0;
+        for (; d + 1 < hd; d += 2) {
+            s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(tile + d * AT_KT), s0);
+            s1 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 1]), _mm512_loadu_ps(tile + (d + 1) * AT_KT), s1);
+        }
+        if (d < hd) s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(tile + d * AT_KT), s0);
+        __m512 s = _mm512_mul_ps(scale, _mm512_add_ps(s0, s1));
+        const int64_t jt = j0 + t * AT_KT;   /* key position of lane 0 */
+        if (a->alibi_slopes)
+            s = _mm512_fmadd_ps(_mm512_set1_ps(slope), _mm512_add_ps(lane, _mm512_set1_ps((float)(jt - pos))), s);
+        /* lanes outside [lo, pos] do not take part */
+        const int64_t first = lo > jt ? lo - jt : 0, last = pos - jt;   /* inclusive lane range */
+        const __mmask16 in = (__mmask16)(((last >= 15 ? 0xFFFFu : (2u << last) - 1u)) & ~((1u << first) - 1u));
+        s = _mm512_mask_blend_ps(in, _mm512_set1_ps(-INFINITY), s);
+        _mm512_storeu_ps(scores + (t - t0) * AT_KT, s);
+        vmax = _mm512_max_ps(vmax, s);
+    }
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+    __m512 vsum = _mm512_setzero_ps();
+    const int64_t ns = (t1 - t0 + 1) * AT_KT;
+    for (int64_t i = 0; i < ns; i += 16) {
+        const __m512 e = at_exp(_mm512_sub_ps(_mm512_loadu_ps(scores + i), mx));
+        _mm512_storeu_ps(scores + i, e);   /* masked lanes: e^-inf = 0 */
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    const float denom = _mm512_reduce_add_ps(vsum);
+    const float inv = denom > 0.0f ? 1.0f / denom : 0.0f;
+    /* out = sum_j p_j v_j over the real keys only */
+    const int64_t jlo = lo, jbase = j0 + t0 * AT_KT;
+    for (int32_t d0 = 0; d0 < hd; d0 += 64) {
+        const int32_t nd = hd - d0 < 64 ? hd - d0 : 64;
+        __mmask16 m[4];
+        __m512 acc[4];
+        for (int c = 0; c < 4; c++) {
+            const int32_t left = nd - 16 * c;
+            m[c] = (__mmask16)(left >= 16 ? 0xFFFF : (left > 0 ? (1u << left) - 1 : 0));
+            acc[c] = _mm512_setzero_ps();
+        }
+        for (int64_t j = jlo; j <= pos; j++) {
+            const __m512 p = _mm512_set1_ps(scores[j - jbase]);
+            const float *v = vr + (j - j0) * hd + d0;
+            LR_UNROLL for (int c = 0; c < 4; c++)
+                if (m[c]) acc[c] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(m[c], v + 16 * c), acc[c]);
+        }
+        const __m512 iv = _mm512_set1_ps(inv);
+        for (int c = 0; c < 4; c++)
+            if (m[c]) _mm512_mask_storeu_ps(oh + d0 + 16 * c, m[c], _mm512_mul_ps(acc[c], iv));
+    }
+}
+
+static void x86_attention(const lr_attn_args *a) {
+    const int32_t hd = a->head_dim, group = a->n_head / a->n_kv_head;
+    const int64_t tblocks = (a->n_tok + AT_TOKENS - 1) / AT_TOKENS, items = tblocks * a->n_kv_head;
+    const int64_t kv_stride = a->ctx * hd;
+    const size_t esize = a->kv_f16 ? 2 : 4;
+    int ok = 1;
+    LR_OMP(parallel if (items > 1 || a->n_tok * a->n_head > 1) reduction(&& : ok))
+    {
+        /* per thread: key tiles and value rows of the whole context, one row of scores */
+        const int64_t cap = (a->ctx + AT_KT - 1) / AT_KT * AT_KT;
+        float *kt = (float *)malloc((size_t)(cap * hd) * sizeof(float));
+        float *vr = (float *)malloc((size_t)(cap * hd) * sizeof(float));
+        float *scores = (float *)malloc((size_t)(cap + AT_KT) * sizeof(float));
+        /* every thread takes part in the loop (a worksharing loop must be met by all) */
+        LR_OMP(for schedule(dynamic, 1))
+        for (int64_t it = 0; it < items; it++) {
+            if (!kt || !vr || !scores) {
+                ok = 0;
+            } else {
+                const int32_t kvh = (int32_t)(it % a->n_kv_head);
+                const int64_t tb0 = (it / a->n_kv_head) * AT_TOKENS;
+                const int64_t tb1 = lr_min64(tb0 + AT_TOKENS, a->n_tok);
+                /* keys visible to any token of the block */
+                int64_t j0 = a->kv_begin;
+                if (a->window > 0 && a->pos0 + tb0 - a->window + 1 > j0) j0 = a->pos0 + tb0 - a->window + 1;
+                const int64_t j1 = a->pos0 + tb1;   /* exclusive */
+                const char *kb = (const char *)a->k_cache + (size_t)(kvh * kv_stride) * esize;
+                const char *vb = (const char *)a->v_cache + (size_t)(kvh * kv_stride) * esize;
+                at_pack_keys(a, kb, j0, j1, kt);
+                at_pack_values(a, vb, j0, j1, vr);
+                for (int64_t t = tb0; t < tb1; t++) {
+                    const int64_t pos = a->pos0 + t;
+                    int64_t lo = a->kv_begin;
+                    if (a->window > 0 && pos - a->window + 1 > lo) lo = pos - a->window + 1;
+                    for (int32_t h = kvh * group; h < (kvh + 1) * group; h++) {
+                        float *oh = a->out + t * a->out_stride + (int64_t)h * hd;
+                        if (lo > pos) {   /* nothing visible: zeros, as the reference */
+                            memset(oh, 0, (size_t)hd * sizeof(float));
+                            continue;
+                        }
+                        at_row(a, h, pos, lo, j0, a->q + t * a->q_stride + (int64_t)h * hd, kt, vr, scores, oh);
+                    }
+                }
+            }
+        }
+        free(kt);
+        free(vr);
+        free(scores);
+    }
+    if (!ok) generic_attention(a);
+}
+
+#endif
