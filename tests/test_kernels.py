@@ -334,6 +334,18 @@ def test_attention(use_tier, tier, dtype, heads, span, alibi, shape):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("rows,ff", [(1, 37), (3, 64), (40, 5632)])
+def test_silu_mul(use_tier, tier, rows, ff):
+    use_tier(tier)
+    rng = np.random.default_rng(rows * ff)
+    gu = (rng.standard_normal((rows, 2 * ff)) * 4).astype(F32)
+    gu[0, :4] = [-100.0, 100.0, 0.0, -1e-3]   # tails and the origin
+    g, u = gu[:, :ff].astype(np.float64), gu[:, ff:].astype(np.float64)
+    ref = g / (1 + np.exp(-g)) * u
+    np.testing.assert_allclose(_ops.silu_mul(gu), ref, rtol=2e-6, atol=1e-30)
+
+
 # ------------------------------------------------------------------ argument checking
 def _small_q4():
     return np.zeros((3, 48), np.uint8), np.ones((3, 3), F32)   # n = 3, k = 96, group 32

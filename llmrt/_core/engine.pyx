@@ -13,7 +13,7 @@ from libc.math cimport cos, sin
 
 from llmrt._kernels._ops cimport ActScratch, Linear, active_kernels
 from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, lr_f32_to_f16, lr_f16_to_f32, LR_QK
-from llmrt._core.ops cimport (rms_norm, layer_norm, rotary, silu_mul, activate,
+from llmrt._core.ops cimport (rms_norm, layer_norm, rotary, activate,
                               ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU)
 
 cnp.import_array()
@@ -610,8 +610,7 @@ cdef class Engine:
         cdef int64_t t
         lay.mlp_in.apply(inp, self.hidden, rows, mi, mi_n, aq, ad, asum)
         if self.mlp_kind == 0:
-            for t in range(rows):
-                silu_mul(mi + t * mi_n, mi + t * mi_n + ff, act + t * ff, ff)
+            active_kernels().silu_mul(mi, mi_n, rows, ff, act, ff)
             lay.mlp_out.apply(act, ff, rows, out, self.hidden, aq, ad, asum)
         else:
             activate(mi, rows * mi_n, self.mlp_kind - 10)

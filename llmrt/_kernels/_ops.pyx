@@ -439,6 +439,19 @@ def quantize_activations(x):
     return q, d, s
 
 
+def silu_mul(gate_up):
+    """Rows of [gate; up] (rows, 2*ff) -> silu(gate) * up (rows, ff) with the active tier."""
+    arr = np.ascontiguousarray(gate_up, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] % 2:
+        raise ValueError(f"gate_up must be (rows, 2*ff), got {arr.shape}")
+    cdef cnp.ndarray gu = arr
+    cdef int64_t rows = gu.shape[0], ff = gu.shape[1] // 2
+    cdef cnp.ndarray out = np.empty((rows, ff), np.float32)
+    with nogil:
+        _active.silu_mul(<const float *> cnp.PyArray_DATA(gu), 2 * ff, rows, ff, <float *> cnp.PyArray_DATA(out), ff)
+    return out
+
+
 def attention(q, k_cache, v_cache, int64_t pos0, int n_kv_head, float scale,
               int64_t kv_begin=0, int64_t window=0, alibi_slopes=None):
     """Causal attention of q (n_tok, n_head, head_dim) over caches (n_kv_head, ctx, head_dim)

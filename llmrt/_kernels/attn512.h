@@ -10,27 +10,10 @@
 
 #include <math.h>
 
+#include "vmath512.h"
+
 #define AT_KT 16          /* keys per tile */
 #define AT_TOKENS 16      /* query tokens per work item */
-
-/* e^x, |relative error| < 2 ulp on [-87, 88]; below -87 it flushes to 0 (softmax weights). */
-LR_INLINE __m512 at_exp(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.7f);
-    const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);   /* -inf (masked keys) -> 0 */
-    x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, n));
-}
 
 /* 16 values of a cache row (fp16 or fp32) from element i as floats; fewer when masked. */
 LR_INLINE __m512 at_load(const void *base, int f16, int64_t i, __mmask16 m) {
@@ -99,7 +82,7 @@ static void at_row(const lr_attn_args *a, int32_t h, int64_t pos, int64_t lo, in
     __m512 vsum = _mm512_setzero_ps();
     const int64_t ns = (t1 - t0 + 1) * AT_KT;
     for (int64_t i = 0; i < ns; i += 16) {
-        const __m512 e = at_exp(_mm512_sub_ps(_mm512_loadu_ps(scores + i), mx));
+        const __m512 e = vm_exp(_mm512_sub_ps(_mm512_loadu_ps(scores + i), mx));
         _mm512_storeu_ps(scores + i, e);   /* masked lanes: e^-inf = 0 */
         vsum = _mm512_add_ps(vsum, e);
     }

@@ -12,4 +12,5 @@ const lr_kernels lr_kernels_avx512_vnni = {
     ft_gemm_f32,
     ft_gemm_f16,
     x86_attention,
+    x86_silu_mul,
 };

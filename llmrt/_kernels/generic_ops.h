@@ -273,4 +273,14 @@ LR_GENERIC void generic_attention(const lr_attn_args *a) {
     }
 }
 
+/* ---- gated SiLU ---- */
+LR_GENERIC void generic_silu_mul(const float *gu, int64_t ld, int64_t rows, int64_t ff, float *out, int64_t ldo) {
+    LR_OMP(parallel for schedule(static) if (rows * ff >= (1 << 16)))
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < ff; i++) {
+            const float g = gu[r * ld + i];
+            out[r * ldo + i] = g / (1.0f + expf(-g)) * gu[r * ld + ff + i];
+        }
+}
+
 #endif

@@ -132,6 +132,10 @@ typedef struct lr_kernels {
                      int64_t rows, float *y, int64_t ldy);
 
     void (*attention)(const lr_attn_args *args);
+
+    /* Gated SiLU MLP activation: out[r*ldo + i] = silu(g) * u with g = gu[r*ld + i] and
+     * u = gu[r*ld + ff + i] (rows of [gate; up]), silu(g) = g / (1 + e^-g). */
+    void (*silu_mul)(const float *gu, int64_t ld, int64_t rows, int64_t ff, float *out, int64_t ldo);
 } lr_kernels;
 
 /* ---- dispatch (dispatch.c) ---- */

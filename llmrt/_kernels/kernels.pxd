@@ -60,6 +60,7 @@ cdef extern from "kernels.h" nogil:
         void (*gemm_f32)(const float *w, int64_t n, int64_t k, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil
         void (*gemm_f16)(const uint16_t *w, int64_t n, int64_t k, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil
         void (*attention)(const lr_attn_args *args) noexcept nogil
+        void (*silu_mul)(const float *gu, int64_t ld, int64_t rows, int64_t ff, float *out, int64_t ldo) noexcept nogil
 
     const char *lr_tier_name(int tier)
     int lr_tier_compiled(int tier)

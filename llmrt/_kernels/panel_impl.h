@@ -14,6 +14,7 @@
 #define LLMRT_PANEL_IMPL_H
 
 #define PN_R 4
+#define PN_RUN_MAX 64   /* panels per unit of work handed to a thread */
 /* Bytes ahead of the current block that are prefetched: decode streams each panel once, and the
  * hardware prefetchers alone leave part of the memory bandwidth unused. */
 #ifndef PN_PREFETCH
@@ -172,9 +173,15 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
     if (r1 <= r0 || p1 <= p0) return;
     LR_OMP(parallel if (par))
     {
-        int64_t t0, t1;
-        lr_thread_range(p1 - p0, &t0, &t1);
-        for (int64_t r = r0; r < r1; r += rc) span(c, r, lr_min64(r + rc, r1), p0 + t0, p0 + t1);
+        /* runs of panels handed out on demand: threads rarely get equal shares of the memory
+         * bandwidth, so equal static shares would leave one waiting at the end of every layer */
+        const int64_t run = lr_min64(PN_RUN_MAX, (p1 - p0 + 8 * lr_team_size() - 1) / (8 * lr_team_size()));
+        const int64_t nrun = (p1 - p0 + run - 1) / run;
+        LR_OMP(for schedule(dynamic, 1))
+        for (int64_t i = 0; i < nrun; i++) {
+            const int64_t pa = p0 + i * run, pb = lr_min64(pa + run, p1);
+            for (int64_t r = r0; r < r1; r += rc) span(c, r, lr_min64(r + rc, r1), pa, pb);
+        }
     }
 }
 

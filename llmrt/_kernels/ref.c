@@ -11,4 +11,5 @@ const lr_kernels lr_kernels_ref = {
     generic_gemm_f32,
     generic_gemm_f16,
     generic_attention,
+    generic_silu_mul,
 };
