@@ -3,7 +3,7 @@ then fuse QKV / gate-up rows and hand kernel-layout arrays to the Cython engine.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -115,7 +115,14 @@ def _dense(t: Mapping[str, Stored], name: str) -> np.ndarray | None:
 
 
 def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_compute: str | None = None,
-                 two_pass: str = "int8", max_chunk: int = 512) -> Engine:
+                 two_pass: str = "int8", max_chunk: int = 512,
+                 release: Callable[[Iterable[np.ndarray]], None] | None = None) -> Engine:
+    """The engine of a model from its stored tensors.  release(arrays), if given, is called with the
+    stored arrays of each part once its Linears are built (mapped files give their pages back)."""
+    def done(prefix: str) -> None:
+        if release is not None:
+            release([a for name, (a, f) in t.items() if name.startswith(prefix) and f is not None])
+
     layers = []
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
@@ -133,6 +140,7 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
         layers.append(Layer(qkv, attn_out, mlp_in, mlp_out,
                             _dense(t, p + "attn_norm.weight"), _dense(t, p + "attn_norm.bias"),
                             _dense(t, p + "mlp_norm.weight"), _dense(t, p + "mlp_norm.bias")))
+        done(p)
     embed_w = fuse_rows([_need(t, "embed")])
     embed = linear_from(embed_w, compute, panels=False)   # read a row at a time: canonical layout
     head_compute = head_compute or compute
@@ -140,6 +148,7 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
         lm_head = linear_from(embed_w, head_compute)      # shares the embedding's arrays
     else:
         lm_head = make_linear([t["lm_head.weight"]], head_compute, _bias(t, "lm_head.bias"))
+        done("lm_head.")
     return Engine(hidden=cfg.hidden_size, n_head=cfg.num_heads, n_kv_head=cfg.num_kv_heads,
                   head_dim=cfg.head_dim, vocab=cfg.vocab_size, norm=cfg.norm, eps=cfg.norm_eps,
                   mlp=cfg.mlp, residual=cfg.residual, rot_dim=cfg.rotary_dim,

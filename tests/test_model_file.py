@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from llmrt import formats
 from llmrt.formats import (
     MODEL_FILE_VERSION, ModelFileError, ModelFileWriter, QuantFormat, is_llmrt_file, load_model_file,
     read_model_file_metadata,
@@ -250,3 +252,26 @@ def test_big_endian_input_is_stored_little_endian(tmp_path):
     _, arrays, _ = load_model_file(p)
     assert arrays["a"].dtype == np.dtype("<f4") and np.array_equal(arrays["a"], a)
     assert os.path.getsize(p) > 64
+
+
+def _rss_file_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_drop_resident_pages_gives_back_mapped_weights(tmp_path):
+    """Repacked weights no longer need their file pages: dropping them lowers the resident set and
+    leaves the data readable (read back from the file)."""
+    path = tmp_path / "w.bin"
+    data = np.arange(64 << 20, dtype=np.uint8)
+    data.tofile(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    views = [mm[1000:(32 << 20)].view(np.uint8), mm[(32 << 20):].reshape(1024, -1)]
+    assert int(mm.sum(dtype=np.uint64)) == int(data.sum(dtype=np.uint64))   # every page resident
+    before = _rss_file_mb()
+    formats.drop_resident_pages(views + [np.zeros(10)])                   # plain arrays are ignored
+    assert before - _rss_file_mb() > 48
+    np.testing.assert_array_equal(views[1][3], data[(32 << 20) + 3 * 32768:(32 << 20) + 4 * 32768])
