@@ -110,16 +110,20 @@ def main() -> int:
                          lpp=med("llama.cpp", "pp_tok_s"), ltg=med("llama.cpp", "tg_tok_s"),
                          bw=bw, roof=roof, rss=max(r["peak_rss_mb"] for r in recs["llmrt"]),
                          lrss=max(r["peak_rss_mb"] for r in recs["llama.cpp"]),
+                         py=statistics.median(r.get("python_overhead_pct", 0.0) for r in recs["llmrt"]),
+                         kv=recs["llmrt"][0].get("kv_cache_bytes", 0) / 2**20,
                          foreign=max(r.get("foreign_cpus", 0) for eng in recs for r in recs[eng])))
     print(f"\n{a.threads} threads, pp{a.pp} / tg{a.tg} (tg continues after the prompt), median of {a.pairs} "
           f"alternating pairs, each the median of {a.reps} reps\n")
     print("| model:format | llama.cpp peer | llmrt pp | llama.cpp pp | pp ratio | llmrt tg | llama.cpp tg | tg ratio "
-          "| read GB/s | tg roofline | tg % of roofline | llmrt RSS MiB | llama.cpp RSS MiB | max foreign cpus |")
-    print("|" + "---|" * 14)
+          "| read GB/s | tg roofline | tg % of roofline | llmrt RSS MiB | llama.cpp RSS MiB | llmrt KV MiB "
+          "| llmrt Python % of decode | max foreign cpus |")
+    print("|" + "---|" * 16)
     for r in rows:
         print(f"| {r['case']} | {r['peer']} | {r['pp']:.1f} | {r['lpp']:.1f} | {r['pp'] / r['lpp']:.2f} | {r['tg']:.1f} "
               f"| {r['ltg']:.1f} | {r['tg'] / r['ltg']:.2f} | {r['bw']:.1f} | {r['roof']:.1f} | "
-              f"{100 * r['tg'] / r['roof']:.0f}% | {r['rss']:.0f} | {r['lrss']:.0f} | {r['foreign']} |")
+              f"{100 * r['tg'] / r['roof']:.0f}% | {r['rss']:.0f} | {r['lrss']:.0f} | {r['kv']:.0f} | {r['py']:.2f} "
+              f"| {r['foreign']} |")
     return 0
 
 

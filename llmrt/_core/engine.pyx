@@ -5,6 +5,8 @@ A family describes its blocks with a handful of switches (norm kind, rotary styl
 parallel residual) and hands over Linear layers with fused QKV rows [Q heads; K heads; V heads]
 and, for gated MLPs, fused rows [gate; up].  Everything per token runs here without the GIL.
 """
+import time
+
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint16_t
@@ -176,6 +178,8 @@ cdef class Engine:
     cdef object final_norm_w, final_norm_b, inv_freq, emb_norm_w, emb_norm_b
     cdef readonly int64_t max_chunk
     cdef readonly ActScratch act_scratch, head_scratch
+    # seconds spent running blocks and head (the rest of a call is argument handling in Python)
+    cdef public double compute_seconds
     # scratch, sized for max_chunk rows
     cdef cnp.ndarray x, h, h2, qkv, att, o, mi, act, m, aq, ad, asum, cs, sn, logits_row
 
@@ -289,6 +293,7 @@ cdef class Engine:
                 hidden_states.append(np.empty((n, self.hidden), np.float32))
         out = np.empty((n if all_logits else 1, self.vocab), np.float32)
         cdef int64_t start = 0, rows = 0
+        t0 = time.perf_counter()
         while start < n:
             rows = min(self.max_chunk, n - start)
             self._chunk([cache], toks[start:start + rows], hidden_states, start)
@@ -297,6 +302,7 @@ cdef class Engine:
             start += rows
         if not all_logits:
             self._head_last(rows, out)
+        self.compute_seconds += time.perf_counter() - t0
         return out
 
     def forward_batch(self, list caches, tokens):
@@ -311,11 +317,13 @@ cdef class Engine:
         for c in caches:
             self._check_cache(c, 1)
         out = np.empty((n, self.vocab), np.float32)
+        t0 = time.perf_counter()
         while start < n:
             rows = min(self.max_chunk, n - start)
             self._chunk(caches[start:start + rows], toks[start:start + rows], None, 0)
             self._head(rows, out[start:start + rows])
             start += rows
+        self.compute_seconds += time.perf_counter() - t0
         return out
 
     cdef cnp.ndarray _tokens(self, tokens):

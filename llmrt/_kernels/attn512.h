@@ -21,20 +21,49 @@ LR_INLINE __m512 at_load(const void *base, int f16, int64_t i, __mmask16 m) {
     return _mm512_maskz_loadu_ps(m, (const float *)base + i);
 }
 
-/* Keys [j0, j1) of one kv head into tiles kt[(j - j0) / 16][d][16] (lanes past j1 zero). */
+/* r[i] = column i of the 16 x 16 block whose rows are r[0..15] (in place). */
+LR_INLINE void at_transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4)
+        for (int h = 0; h < 2; h++) {
+            const __m512d a = _mm512_castps_pd(t[i + h]), b = _mm512_castps_pd(t[i + 2 + h]);
+            r[i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            r[i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        }
+    /* r[4g + o], 128-bit lane L: rows 4g..4g+3 of column 4L + o; a 4 x 4 transpose of lanes is left */
+    for (int i = 0; i < 8; i++) {
+        const int a = (i / 4) * 8 + (i % 4), b = a + 4;
+        t[a] = _mm512_shuffle_f32x4(r[a], r[b], _MM_SHUFFLE(2, 0, 2, 0));
+        t[b] = _mm512_shuffle_f32x4(r[a], r[b], _MM_SHUFFLE(3, 1, 3, 1));
+    }
+    for (int i = 0; i < 8; i++) {
+        const int a = i, b = i + 8;
+        r[a] = _mm512_shuffle_f32x4(t[a], t[b], _MM_SHUFFLE(2, 0, 2, 0));
+        r[b] = _mm512_shuffle_f32x4(t[a], t[b], _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* Keys [j0, j1) of one kv head into tiles kt[(j - j0) / 16][d][16] (lanes past j1 zero): 16 keys x
+ * 16 dims at a time, converted and transposed in registers. */
 static void at_pack_keys(const lr_attn_args *a, const void *kbase, int64_t j0, int64_t j1, float *kt) {
     const int32_t hd = a->head_dim;
     const int64_t nt = (j1 - j0 + AT_KT - 1) / AT_KT;
     for (int64_t t = 0; t < nt; t++) {
         float *tile = kt + t * hd * AT_KT;
-        for (int l = 0; l < AT_KT; l++) {
-            const int64_t j = j0 + t * AT_KT + l;
-            for (int32_t d0 = 0; d0 < hd; d0 += 16) {
-                const __mmask16 m = (__mmask16)(hd - d0 >= 16 ? 0xFFFF : (1u << (hd - d0)) - 1);
-                float tmp[16];
-                _mm512_storeu_ps(tmp, j < j1 ? at_load(kbase, a->kv_f16, j * hd + d0, m) : _mm512_setzero_ps());
-                for (int32_t d = d0; d < d0 + 16 && d < hd; d++) tile[d * AT_KT + l] = tmp[d - d0];
+        for (int32_t d0 = 0; d0 < hd; d0 += 16) {
+            const int32_t nd = hd - d0 >= 16 ? 16 : hd - d0;
+            const __mmask16 m = (__mmask16)(nd == 16 ? 0xFFFF : (1u << nd) - 1);
+            __m512 r[16];
+            for (int l = 0; l < AT_KT; l++) {
+                const int64_t j = j0 + t * AT_KT + l;
+                r[l] = j < j1 ? at_load(kbase, a->kv_f16, j * hd + d0, m) : _mm512_setzero_ps();
             }
+            at_transpose16(r);
+            for (int32_t d = 0; d < nd; d++) _mm512_storeu_ps(tile + (d0 + d) * AT_KT, r[d]);
         }
     }
 }

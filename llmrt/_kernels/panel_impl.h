@@ -15,10 +15,11 @@
 
 #define PN_R 4
 #define PN_RUN_MAX 64   /* panels per unit of work handed to a thread */
-/* Bytes ahead of the current block that are prefetched: decode streams each panel once, and the
- * hardware prefetchers alone leave part of the memory bandwidth unused. */
+/* Bytes ahead of the current block prefetched into L2: decode streams each panel once, and the
+ * hardware prefetchers alone leave part of the memory bandwidth unused (measured on the 1.1B
+ * model: +8% decode with 4 KiB into L2; into L1 less, non-temporal much worse). */
 #ifndef PN_PREFETCH
-#define PN_PREFETCH 2048
+#define PN_PREFETCH 4096
 #endif
 
 typedef struct {
@@ -70,7 +71,7 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, const int R, cons
         for (int64_t bi = 0; bi < bpg; bi++, b++) {
             const uint8_t *blk = gp + bi * bb;
             for (int v = 0; v < (BITS == 4 ? 4 : 8); v++)
-                _mm_prefetch((const char *)(blk + PN_PREFETCH + 64 * v), _MM_HINT_T0);
+                _mm_prefetch((const char *)(blk + PN_PREFETCH + 64 * v), _MM_HINT_T1);
             const int8_t *xo[PN_R];
             __m512i is[PN_R];
             LR_UNROLL for (int r = 0; r < R; r++) xo[r] = xq[r] + b * LR_QK;
