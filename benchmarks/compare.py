@@ -72,6 +72,13 @@ def llamacpp_cmd(model: str, fmt: str, a) -> list[str]:
             "--threads", str(a.threads), "--pp", str(a.pp), "--tg", str(a.tg), "--reps", str(a.reps)]
 
 
+def torch_cmd(model: str, a) -> list[str]:
+    """The anchors' PyTorch bf16 baseline (prefill is what is compared; a short decode keeps it quick)."""
+    py = ANCHORS_DIR / "venv-torch" / "bin" / "python"
+    return [str(py), str(SHARED / "anchors" / "bench_torch.py"), "--model", model, "--quant", "bf16",
+            "--threads", str(a.threads), "--pp", str(a.pp), "--tg", "8", "--reps", str(a.reps)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="model:format pairs")
@@ -81,49 +88,57 @@ def main() -> int:
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--jsonl", default=None, help="also append every raw record here")
+    ap.add_argument("--torch-cases", nargs="*", default=["llama-1.1b:int4_g32"],
+                    help="cases that also time PyTorch bf16 prefill in each pair")
     ap.add_argument("--llamacpp-python", default=str(default_llamacpp_python()),
                     help="python of the venv holding llama-cpp-python (default: venv-lcpp-noamx if built, else venv-lcpp)")
     a = ap.parse_args()
     rows = []
     for case in a.cases:
         model, fmt = case.split(":")
-        recs = {"llmrt": [], "llama.cpp": []}
+        recs = {"llmrt": [], "llama.cpp": [], "torch": []}
         bws = []
         for i in range(a.pairs):
             bws.append(membw(a.threads))
             recs["llmrt"].append(run_json(llmrt_cmd(model, fmt, a)))
             recs["llama.cpp"].append(run_json(llamacpp_cmd(model, fmt, a)))
+            if case in a.torch_cases:
+                recs["torch"].append(run_json(torch_cmd(model, a)))
             bws.append(membw(a.threads))
             print(f"[compare] {case} pair {i + 1}: llmrt pp {recs['llmrt'][-1]['pp_tok_s']} tg "
                   f"{recs['llmrt'][-1]['tg_tok_s']} | llama.cpp pp {recs['llama.cpp'][-1]['pp_tok_s']} tg "
-                  f"{recs['llama.cpp'][-1]['tg_tok_s']} | bw {bws[-2]}/{bws[-1]} GB/s", file=sys.stderr, flush=True)
+                  f"{recs['llama.cpp'][-1]['tg_tok_s']}"
+                  + (f" | torch bf16 pp {recs['torch'][-1]['pp_tok_s']}" if recs["torch"] else "")
+                  + f" | bw {bws[-2]}/{bws[-1]} GB/s", file=sys.stderr, flush=True)
             if a.jsonl:
                 with open(a.jsonl, "a") as f:
                     for eng in recs:
-                        f.write(json.dumps(recs[eng][-1]) + "\n")
-        med = lambda eng, k: statistics.median(r[k] for r in recs[eng])
+                        if recs[eng]:
+                            f.write(json.dumps(recs[eng][-1]) + "\n")
+        med = lambda eng, k: statistics.median(r[k] for r in recs[eng]) if recs[eng] else float("nan")
         bw = statistics.median(bws)
         wbytes = recs["llmrt"][0]["decode_weight_bytes"]
         roof = bw * 1e9 / wbytes
         rows.append(dict(case=case, peer=LLAMA_CPP_PEER.get(fmt, "Q4_1 (same file)"),
                          pp=med("llmrt", "pp_tok_s"), tg=med("llmrt", "tg_tok_s"),
                          lpp=med("llama.cpp", "pp_tok_s"), ltg=med("llama.cpp", "tg_tok_s"),
+                         tpp=med("torch", "pp_tok_s"),
                          bw=bw, roof=roof, rss=max(r["peak_rss_mb"] for r in recs["llmrt"]),
                          lrss=max(r["peak_rss_mb"] for r in recs["llama.cpp"]),
                          py=statistics.median(r.get("python_overhead_pct", 0.0) for r in recs["llmrt"]),
                          kv=recs["llmrt"][0].get("kv_cache_bytes", 0) / 2**20,
-                         foreign=max(r.get("foreign_cpus", 0) for eng in recs for r in recs[eng])))
+                         foreign=max(r.get("foreign_cpus", 0) or 0 for eng in recs for r in recs[eng])))
     print(f"\n{a.threads} threads, pp{a.pp} / tg{a.tg} (tg continues after the prompt), median of {a.pairs} "
           f"alternating pairs, each the median of {a.reps} reps\n")
     print("| model:format | llama.cpp peer | llmrt pp | llama.cpp pp | pp ratio | llmrt tg | llama.cpp tg | tg ratio "
           "| read GB/s | tg roofline | tg % of roofline | llmrt RSS MiB | llama.cpp RSS MiB | llmrt KV MiB "
-          "| llmrt Python % of decode | max foreign cpus |")
-    print("|" + "---|" * 16)
+          "| llmrt Python % of decode | torch bf16 pp | pp / torch | max foreign cpus |")
+    print("|" + "---|" * 18)
     for r in rows:
         print(f"| {r['case']} | {r['peer']} | {r['pp']:.1f} | {r['lpp']:.1f} | {r['pp'] / r['lpp']:.2f} | {r['tg']:.1f} "
               f"| {r['ltg']:.1f} | {r['tg'] / r['ltg']:.2f} | {r['bw']:.1f} | {r['roof']:.1f} | "
               f"{100 * r['tg'] / r['roof']:.0f}% | {r['rss']:.0f} | {r['lrss']:.0f} | {r['kv']:.0f} | {r['py']:.2f} "
-              f"| {r['foreign']} |")
+              f"| {r['tpp']:.1f} | {r['pp'] / r['tpp']:.2f} | {r['foreign']} |")
     return 0
 
 

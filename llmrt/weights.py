@@ -148,7 +148,8 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
         lm_head = linear_from(embed_w, head_compute)      # shares the embedding's arrays
     else:
         lm_head = make_linear([t["lm_head.weight"]], head_compute, _bias(t, "lm_head.bias"))
-        done("lm_head.")
+    done("lm_head.")
+    done("embed")
     return Engine(hidden=cfg.hidden_size, n_head=cfg.num_heads, n_kv_head=cfg.num_kv_heads,
                   head_dim=cfg.head_dim, vocab=cfg.vocab_size, norm=cfg.norm, eps=cfg.norm_eps,
                   mlp=cfg.mlp, residual=cfg.residual, rot_dim=cfg.rotary_dim,

@@ -60,6 +60,8 @@ typedef struct lr_qmat {
 } lr_qmat;
 
 #define LR_PANEL 16
+/* Bytes of one group of one panel (its blocks, scales and offsets). */
+int64_t lr_panel_group_bytes(int bits, int group, int asym, int f16);
 /* Bytes of the panel form; its scales are fp16 when f16 != 0. */
 size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int f16);
 /* 1 when every d (and m) converts to fp16 and back unchanged. */

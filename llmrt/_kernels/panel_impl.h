@@ -151,8 +151,7 @@ static pn_span_fn pn_pick(const lr_qmat *w) {
 }
 
 static int64_t pn_group_bytes(const lr_qmat *w) {
-    const int64_t bpg = w->group / LR_QK;
-    return bpg * (w->bits == 4 ? 256 : 512) + (int64_t)LR_PANEL * (w->panel_f16 ? 2 : 4) * (w->panel_m ? 2 : 1);
+    return lr_panel_group_bytes(w->bits, w->group, w->panel_m, w->panel_f16);
 }
 
 static void pn_init(pn_ctx *c, const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {

@@ -7,13 +7,13 @@
 
 static int64_t block_bytes(int bits) { return bits == 4 ? 256 : 512; }
 
-static int64_t group_bytes(int64_t bpg, int bits, int asym, int f16) {
-    return bpg * block_bytes(bits) + (int64_t)LR_PANEL * (f16 ? 2 : 4) * (asym ? 2 : 1);
+int64_t lr_panel_group_bytes(int bits, int group, int asym, int f16) {
+    return group / LR_QK * block_bytes(bits) + (int64_t)LR_PANEL * (f16 ? 2 : 4) * (asym ? 2 : 1);
 }
 
 size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int f16) {
     const int64_t np = (n + LR_PANEL - 1) / LR_PANEL, ng = k / group;
-    return (size_t)(np * ng * group_bytes(group / LR_QK, bits, asym, f16));
+    return (size_t)(np * ng * lr_panel_group_bytes(bits, group, asym, f16));
 }
 
 static int f16_exact(float v) { return lr_f16_to_f32(lr_f32_to_f16(v)) == v; }
@@ -48,7 +48,7 @@ static float get_scale(const uint8_t *p, int i, int f16) {
 void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out) {
     const int64_t n = w->n, k = w->k, ng = k / w->group, bpg = w->group / LR_QK;
     const int64_t np = (n + LR_PANEL - 1) / LR_PANEL, row_bytes = k * w->bits / 8;
-    const int64_t bb = block_bytes(w->bits), qb = LR_QK * w->bits / 8, gb = group_bytes(bpg, w->bits, w->m != NULL, f16);
+    const int64_t bb = block_bytes(w->bits), qb = LR_QK * w->bits / 8, gb = lr_panel_group_bytes(w->bits, w->group, w->m != NULL, f16);
     const int ss = f16 ? 2 : 4;
     memset(out, 0, lr_panels_nbytes(n, k, w->bits, w->group, w->m != NULL, f16));
     for (int64_t p = 0; p < np; p++)
@@ -77,7 +77,7 @@ void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m) {
     const int64_t n = w->n, k = w->k, ng = k / w->group, bpg = w->group / LR_QK;
     const int64_t row_bytes = k * w->bits / 8, bb = block_bytes(w->bits), qb = LR_QK * w->bits / 8;
     const int f16 = w->panel_f16, ss = f16 ? 2 : 4;
-    const int64_t gb = group_bytes(bpg, w->bits, asym, f16);
+    const int64_t gb = lr_panel_group_bytes(w->bits, w->group, asym, f16);
     for (int64_t j = 0; j < n; j++) {
         const int64_t p = j / LR_PANEL;
         const int i = (int)(j % LR_PANEL);

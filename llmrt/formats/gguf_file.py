@@ -125,7 +125,8 @@ class GGUFFile:
         if reader.byte_order != "I":
             raise file_error(self.path, "is a big-endian GGUF file", "llmrt reads little-endian GGUF files only; "
                              "convert it with gguf-py's scripts/gguf_convert_endian.py")
-        self._reader = reader
+        # the reader itself is not kept: its field objects (one NumPy view per vocabulary string,
+        # ~200k of them for a 49k-token vocabulary) would hold over 100 MB
         self._data: np.memmap = reader.data
         self.data_offset = int(reader.data_offset)
         self.alignment = int(reader.alignment)
@@ -145,6 +146,7 @@ class GGUFFile:
             infos[t.name] = GGUFTensorInfo(t.name, tname, shape, int(t.data_offset), int(t.n_bytes), fmt)
         self.tensor_info: dict[str, GGUFTensorInfo] = infos
         self._views = {t.name: t.data for t in reader.tensors}
+        del reader
 
     # ---- validation helpers
     def _check_preamble(self) -> int:
