@@ -304,7 +304,7 @@ def attention_ref(q, kc, vc, pos0, n_kv, scale, kv_begin=0, window=0, slopes=Non
 
 ATTN_CASES = list(itertools.product(
     [np.float16, np.float32],                  # cache dtype
-    [(4, 4), (8, 2), (4, 1)],                  # (n_head, n_kv_head): MHA, GQA, MQA
+    [(4, 4), (8, 2), (4, 1), (16, 2), (6, 1)],  # (n_head, n_kv_head): MHA, GQA, MQA; groups of 8, 4 + 2 single
     [(0, 0), (3, 0), (2, 5)],                  # (kv_begin, window)
     [False, True],                             # alibi
 ))

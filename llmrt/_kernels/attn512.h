@@ -89,13 +89,18 @@ static void at_row(const lr_attn_args *a, int32_t h, int64_t pos, int64_t lo, in
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     for (int64_t t = t0; t <= t1; t++) {
         const float *tile = kt + t * hd * AT_KT;
-        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        /* four accumulators: the FMA latency, not the FMA rate, bounds one chain */
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
         int32_t d = 0;
-        for (; d + 1 < hd; d += 2) {
+        for (; d + 3 < hd; d += 4) {
             s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(tile + d * AT_KT), s0);
             s1 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 1]), _mm512_loadu_ps(tile + (d + 1) * AT_KT), s1);
+            s2 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 2]), _mm512_loadu_ps(tile + (d + 2) * AT_KT), s2);
+            s3 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 3]), _mm512_loadu_ps(tile + (d + 3) * AT_KT), s3);
         }
-        if (d < hd) s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(tile + d * AT_KT), s0);
+        for (; d < hd; d++) s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(tile + d * AT_KT), s0);
+        s0 = _mm512_add_ps(s0, s2);
+        s1 = _mm512_add_ps(s1, s3);
         __m512 s = _mm512_mul_ps(scale, _mm512_add_ps(s0, s1));
         const int64_t jt = j0 + t * AT_KT;   /* key position of lane 0 */
         if (a->alibi_slopes)
@@ -128,15 +133,94 @@ static void at_row(const lr_attn_args *a, int32_t h, int64_t pos, int64_t lo, in
             m[c] = (__mmask16)(left >= 16 ? 0xFFFF : (left > 0 ? (1u << left) - 1 : 0));
             acc[c] = _mm512_setzero_ps();
         }
-        for (int64_t j = jlo; j <= pos; j++) {
-            const __m512 p = _mm512_set1_ps(scores[j - jbase]);
-            const float *v = vr + (j - j0) * hd + d0;
+        /* two keys per step into two sets of accumulators (latency-bound chains otherwise) */
+        __m512 acc2[4];
+        for (int c = 0; c < 4; c++) acc2[c] = _mm512_setzero_ps();
+        int64_t j = jlo;
+        for (; j + 1 <= pos; j += 2) {
+            const __m512 p0 = _mm512_set1_ps(scores[j - jbase]), p1 = _mm512_set1_ps(scores[j + 1 - jbase]);
+            const float *v0 = vr + (j - j0) * hd + d0, *v1 = v0 + hd;
             LR_UNROLL for (int c = 0; c < 4; c++)
-                if (m[c]) acc[c] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(m[c], v + 16 * c), acc[c]);
+                if (m[c]) {
+                    acc[c] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m[c], v0 + 16 * c), acc[c]);
+                    acc2[c] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m[c], v1 + 16 * c), acc2[c]);
+                }
         }
+        if (j <= pos) {
+            const __m512 p0 = _mm512_set1_ps(scores[j - jbase]);
+            const float *v0 = vr + (j - j0) * hd + d0;
+            LR_UNROLL for (int c = 0; c < 4; c++)
+                if (m[c]) acc[c] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m[c], v0 + 16 * c), acc[c]);
+        }
+        for (int c = 0; c < 4; c++) acc[c] = _mm512_add_ps(acc[c], acc2[c]);
         const __m512 iv = _mm512_set1_ps(inv);
         for (int c = 0; c < 4; c++)
             if (m[c]) _mm512_mask_storeu_ps(oh + d0 + 16 * c, m[c], _mm512_mul_ps(acc[c], iv));
+    }
+}
+
+#define AT_GROUP 8   /* query heads of one kv head processed together */
+
+/* NH query heads h0.. of one kv head (one token at position pos) together: every key tile row and
+ * every value row is loaded once for all of them, and the NH independent accumulators hide the FMA
+ * latency.  scores: NH rows of the tile range. */
+LR_INLINE void at_heads(const lr_attn_args *a, int32_t h0, const int NH, int64_t pos, int64_t lo, int64_t j0,
+                        const float *qrow, const float *kt, const float *vr, float *scores, float *orow) {
+    const int32_t hd = a->head_dim;
+    const __m512 scale = _mm512_set1_ps(a->scale);
+    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const int64_t t0 = (lo - j0) / AT_KT, t1 = (pos - j0) / AT_KT, ns = (t1 - t0 + 1) * AT_KT;
+    const int64_t jbase = j0 + t0 * AT_KT;
+    const float *qh[AT_GROUP];
+    __m512 vmax[AT_GROUP];
+    LR_UNROLL for (int h = 0; h < NH; h++) {
+        qh[h] = qrow + (int64_t)(h0 + h) * hd;
+        vmax[h] = _mm512_set1_ps(-INFINITY);
+    }
+    for (int64_t t = t0; t <= t1; t++) {
+        const float *tile = kt + t * hd * AT_KT;
+        __m512 sc[AT_GROUP];
+        LR_UNROLL for (int h = 0; h < NH; h++) sc[h] = _mm512_setzero_ps();
+        for (int32_t d = 0; d < hd; d++) {
+            const __m512 kv = _mm512_loadu_ps(tile + d * AT_KT);
+            LR_UNROLL for (int h = 0; h < NH; h++) sc[h] = _mm512_fmadd_ps(_mm512_set1_ps(qh[h][d]), kv, sc[h]);
+        }
+        const int64_t jt = j0 + t * AT_KT;
+        const int64_t first = lo > jt ? lo - jt : 0, last = pos - jt;
+        const __mmask16 in = (__mmask16)(((last >= 15 ? 0xFFFFu : (2u << last) - 1u)) & ~((1u << first) - 1u));
+        const __m512 rel = _mm512_add_ps(lane, _mm512_set1_ps((float)(jt - pos)));
+        LR_UNROLL for (int h = 0; h < NH; h++) {
+            __m512 v = _mm512_mul_ps(scale, sc[h]);
+            if (a->alibi_slopes) v = _mm512_fmadd_ps(_mm512_set1_ps(a->alibi_slopes[h0 + h]), rel, v);
+            v = _mm512_mask_blend_ps(in, _mm512_set1_ps(-INFINITY), v);
+            _mm512_storeu_ps(scores + h * ns + (t - t0) * AT_KT, v);
+            vmax[h] = _mm512_max_ps(vmax[h], v);
+        }
+    }
+    float inv[AT_GROUP];
+    LR_UNROLL for (int h = 0; h < NH; h++) {
+        const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[h]));
+        __m512 vsum = _mm512_setzero_ps();
+        float *sh = scores + h * ns;
+        for (int64_t i = 0; i < ns; i += 16) {
+            const __m512 e = vm_exp(_mm512_sub_ps(_mm512_loadu_ps(sh + i), mx));
+            _mm512_storeu_ps(sh + i, e);
+            vsum = _mm512_add_ps(vsum, e);
+        }
+        const float denom = _mm512_reduce_add_ps(vsum);
+        inv[h] = denom > 0.0f ? 1.0f / denom : 0.0f;
+    }
+    for (int32_t d0 = 0; d0 < hd; d0 += 16) {
+        const __mmask16 md = (__mmask16)(hd - d0 >= 16 ? 0xFFFF : (1u << (hd - d0)) - 1);
+        __m512 acc[AT_GROUP];
+        LR_UNROLL for (int h = 0; h < NH; h++) acc[h] = _mm512_setzero_ps();
+        for (int64_t j = lo; j <= pos; j++) {
+            const __m512 v = _mm512_maskz_loadu_ps(md, vr + (j - j0) * hd + d0);
+            LR_UNROLL for (int h = 0; h < NH; h++)
+                acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(scores[h * ns + j - jbase]), v, acc[h]);
+        }
+        LR_UNROLL for (int h = 0; h < NH; h++)
+            _mm512_mask_storeu_ps(orow + (int64_t)(h0 + h) * hd + d0, md, _mm512_mul_ps(acc[h], _mm512_set1_ps(inv[h])));
     }
 }
 
@@ -152,7 +236,7 @@ static void x86_attention(const lr_attn_args *a) {
         const int64_t cap = (a->ctx + AT_KT - 1) / AT_KT * AT_KT;
         float *kt = (float *)malloc((size_t)(cap * hd) * sizeof(float));
         float *vr = (float *)malloc((size_t)(cap * hd) * sizeof(float));
-        float *scores = (float *)malloc((size_t)(cap + AT_KT) * sizeof(float));
+        float *scores = (float *)malloc((size_t)(AT_GROUP * (cap + AT_KT)) * sizeof(float));
         /* every thread takes part in the loop (a worksharing loop must be met by all) */
         LR_OMP(for schedule(dynamic, 1))
         for (int64_t it = 0; it < items; it++) {
@@ -174,14 +258,19 @@ static void x86_attention(const lr_attn_args *a) {
                     const int64_t pos = a->pos0 + t;
                     int64_t lo = a->kv_begin;
                     if (a->window > 0 && pos - a->window + 1 > lo) lo = pos - a->window + 1;
-                    for (int32_t h = kvh * group; h < (kvh + 1) * group; h++) {
-                        float *oh = a->out + t * a->out_stride + (int64_t)h * hd;
-                        if (lo > pos) {   /* nothing visible: zeros, as the reference */
-                            memset(oh, 0, (size_t)hd * sizeof(float));
-                            continue;
-                        }
-                        at_row(a, h, pos, lo, j0, a->q + t * a->q_stride + (int64_t)h * hd, kt, vr, scores, oh);
+                    const float *qrow = a->q + t * a->q_stride;
+                    float *orow = a->out + t * a->out_stride;
+                    if (lo > pos) {   /* nothing visible: zeros, as the reference */
+                        memset(orow + (int64_t)kvh * group * hd, 0, (size_t)group * hd * sizeof(float));
+                        continue;
                     }
+                    int32_t h = kvh * group;
+                    const int32_t h1 = (kvh + 1) * group;
+                    /* groups of 8 or 4 heads together; single heads (MHA) on their own 4-chain code */
+                    for (; h + 8 <= h1; h += 8) at_heads(a, h, 8, pos, lo, j0, qrow, kt, vr, scores, orow);
+                    for (; h + 4 <= h1; h += 4) at_heads(a, h, 4, pos, lo, j0, qrow, kt, vr, scores, orow);
+                    for (; h < h1; h++)
+                        at_row(a, h, pos, lo, j0, qrow + (int64_t)h * hd, kt, vr, scores, orow + (int64_t)h * hd);
                 }
             }
         }
