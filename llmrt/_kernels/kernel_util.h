@@ -38,15 +38,6 @@ static inline void lr_thread_range(int64_t n, int64_t *lo, int64_t *hi) {
     *hi = *lo + q + (t < rem ? 1 : 0);
 }
 
-/* Threads of the current parallel region (1 outside one or without OpenMP). */
-static inline int64_t lr_team_size(void) {
-#if defined(_OPENMP)
-    return omp_get_num_threads();
-#else
-    return 1;
-#endif
-}
-
 /* Rows processed together per pass over a thread's weights: the activation rows of one pass
  * (row_bytes each) should stay in L2 while every weight tile of the thread streams past them. */
 static inline int64_t lr_row_chunk(int64_t row_bytes, int64_t tile_rows) {

@@ -14,7 +14,6 @@
 #define LLMRT_PANEL_IMPL_H
 
 #define PN_R 4
-#define PN_RUN_MAX 64   /* panels per unit of work handed to a thread */
 /* Bytes ahead of the current block prefetched into L2: decode streams each panel once, and the
  * hardware prefetchers alone leave part of the memory bandwidth unused (measured on the 1.1B
  * model: +8% decode with 4 KiB into L2; into L1 less, non-temporal much worse). */
@@ -173,15 +172,12 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
     if (r1 <= r0 || p1 <= p0) return;
     LR_OMP(parallel if (par))
     {
-        /* runs of panels handed out on demand: threads rarely get equal shares of the memory
-         * bandwidth, so equal static shares would leave one waiting at the end of every layer */
-        const int64_t run = lr_min64(PN_RUN_MAX, (p1 - p0 + 8 * lr_team_size() - 1) / (8 * lr_team_size()));
-        const int64_t nrun = (p1 - p0 + run - 1) / run;
-        LR_OMP(for schedule(dynamic, 1))
-        for (int64_t i = 0; i < nrun; i++) {
-            const int64_t pa = p0 + i * run, pb = lr_min64(pa + run, p1);
-            for (int64_t r = r0; r < r1; r += rc) span(c, r, lr_min64(r + rc, r1), pa, pb);
-        }
+        /* panels handed out in shrinking runs (guided): threads rarely get equal shares of the memory
+         * bandwidth, so equal static shares would leave one waiting at the end of every layer, and
+         * small last runs keep that wait short */
+        LR_OMP(for schedule(guided, 2))
+        for (int64_t p = p0; p < p1; p++)
+            for (int64_t r = r0; r < r1; r += rc) span(c, r, lr_min64(r + rc, r1), p, p + 1);
     }
 }
 
