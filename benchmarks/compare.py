@@ -90,13 +90,15 @@ def main() -> int:
     ap.add_argument("--jsonl", default=None, help="also append every raw record here")
     ap.add_argument("--torch-cases", nargs="*", default=["llama-1.1b:int4_g32"],
                     help="cases that also time PyTorch bf16 prefill in each pair")
+    ap.add_argument("--scaling-cases", nargs="*", default=["llama-1.1b:int4_g32"],
+                    help="cases whose llmrt prefill is also timed on 1 thread in each pair (1 -> N scaling)")
     ap.add_argument("--llamacpp-python", default=str(default_llamacpp_python()),
                     help="python of the venv holding llama-cpp-python (default: venv-lcpp-noamx if built, else venv-lcpp)")
     a = ap.parse_args()
     rows = []
     for case in a.cases:
         model, fmt = case.split(":")
-        recs = {"llmrt": [], "llama.cpp": [], "torch": []}
+        recs = {"llmrt": [], "llama.cpp": [], "torch": [], "llmrt-1t": []}
         bws = []
         for i in range(a.pairs):
             bws.append(membw(a.threads))
@@ -104,6 +106,9 @@ def main() -> int:
             recs["llama.cpp"].append(run_json(llamacpp_cmd(model, fmt, a)))
             if case in a.torch_cases:
                 recs["torch"].append(run_json(torch_cmd(model, a)))
+            if case in a.scaling_cases:
+                one = argparse.Namespace(**{**vars(a), "threads": 1, "tg": 8})
+                recs["llmrt-1t"].append(run_json(llmrt_cmd(model, fmt, one)))
             bws.append(membw(a.threads))
             print(f"[compare] {case} pair {i + 1}: llmrt pp {recs['llmrt'][-1]['pp_tok_s']} tg "
                   f"{recs['llmrt'][-1]['tg_tok_s']} | llama.cpp pp {recs['llama.cpp'][-1]['pp_tok_s']} tg "
@@ -122,7 +127,7 @@ def main() -> int:
         rows.append(dict(case=case, peer=LLAMA_CPP_PEER.get(fmt, "Q4_1 (same file)"),
                          pp=med("llmrt", "pp_tok_s"), tg=med("llmrt", "tg_tok_s"),
                          lpp=med("llama.cpp", "pp_tok_s"), ltg=med("llama.cpp", "tg_tok_s"),
-                         tpp=med("torch", "pp_tok_s"),
+                         tpp=med("torch", "pp_tok_s"), pp1=med("llmrt-1t", "pp_tok_s"),
                          bw=bw, roof=roof, rss=max(r["peak_rss_mb"] for r in recs["llmrt"]),
                          lrss=max(r["peak_rss_mb"] for r in recs["llama.cpp"]),
                          py=statistics.median(r.get("python_overhead_pct", 0.0) for r in recs["llmrt"]),
@@ -132,13 +137,13 @@ def main() -> int:
           f"alternating pairs, each the median of {a.reps} reps\n")
     print("| model:format | llama.cpp peer | llmrt pp | llama.cpp pp | pp ratio | llmrt tg | llama.cpp tg | tg ratio "
           "| read GB/s | tg roofline | tg % of roofline | llmrt RSS MiB | llama.cpp RSS MiB | llmrt KV MiB "
-          "| llmrt Python % of decode | torch bf16 pp | pp / torch | max foreign cpus |")
-    print("|" + "---|" * 18)
+          "| llmrt Python % of decode | torch bf16 pp | pp / torch | llmrt pp 1 thread | pp scaling | max foreign cpus |")
+    print("|" + "---|" * 20)
     for r in rows:
         print(f"| {r['case']} | {r['peer']} | {r['pp']:.1f} | {r['lpp']:.1f} | {r['pp'] / r['lpp']:.2f} | {r['tg']:.1f} "
               f"| {r['ltg']:.1f} | {r['tg'] / r['ltg']:.2f} | {r['bw']:.1f} | {r['roof']:.1f} | "
               f"{100 * r['tg'] / r['roof']:.0f}% | {r['rss']:.0f} | {r['lrss']:.0f} | {r['kv']:.0f} | {r['py']:.2f} "
-              f"| {r['tpp']:.1f} | {r['pp'] / r['tpp']:.2f} | {r['foreign']} |")
+              f"| {r['tpp']:.1f} | {r['pp'] / r['tpp']:.2f} | {r['pp1']:.1f} | {r['pp'] / r['pp1']:.2f} | {r['foreign']} |")
     return 0
 
 
