@@ -195,7 +195,7 @@ def test_quantized_gemm(use_tier, tier, case, compute, hw):
 EDGE_CASES = [(k, n, g, rows, bits, has_m)
               for (k, n, g, rows) in [(32, 16, 32, 16), (64, 31, 64, 17), (96, 48, 32, 35), (160, 18, 32, 48),
                                       (128, 47, 128, 33), (4096, 17, 128, 20), (4096, 16, 4096, 16),
-                                      (4096, 257, 64, 64)]
+                                      (4096, 257, 64, 64), (5632, 40, 32, 400)]   # last: several AMX row passes
               for bits in (4, 8) for has_m in (False, True)]
 
 

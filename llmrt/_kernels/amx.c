@@ -244,8 +244,9 @@ static int amx_part(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy, i
     }
     const amx_ctx c = {w, a, y, ldy, xt, dv, sv};
     const int64_t jtiles = (nt + AMX_T - 1) / AMX_T;
-    /* activation tiles per pass: their bytes stay in L2 while the thread's weights stream */
-    const int64_t tpc = lr_row_chunk(k + 4 * nb, AMX_T) / AMX_T;
+    /* activation tiles per pass: their bytes stay in L2 (2 MiB of it) while the thread's weight
+     * tiles stream; fewer passes mean fewer repackings of every weight panel into A tiles */
+    const int64_t tpc = lr_max64(1, (1 << 21) / (k + 4 * nb) / AMX_T);
     int ok = 1;
     LR_OMP(parallel reduction(&& : ok))
     {

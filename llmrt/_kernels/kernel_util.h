@@ -50,5 +50,6 @@ static inline int64_t lr_row_chunk(int64_t row_bytes, int64_t tile_rows) {
 #define LR_PAR_MIN_WORK (1 << 16)
 
 static inline int64_t lr_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t lr_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 #endif
