@@ -142,11 +142,13 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
                             _dense(t, p + "mlp_norm.weight"), _dense(t, p + "mlp_norm.bias")))
         done(p)
     embed_w = fuse_rows([_need(t, "embed")])
-    embed = linear_from(embed_w, compute, panels=False)   # read a row at a time: canonical layout
     head_compute = head_compute or compute
     if cfg.tie_word_embeddings or "lm_head.weight" not in t:
-        lm_head = linear_from(embed_w, head_compute)      # shares the embedding's arrays
+        lm_head = linear_from(embed_w, head_compute)
+        # a tied embedding reads its rows from the head's panels (one copy of the matrix)
+        embed = lm_head if lm_head.layout == "panels" else linear_from(embed_w, compute, panels=False)
     else:
+        embed = linear_from(embed_w, compute, panels=False)   # read a row at a time: canonical layout
         lm_head = make_linear([t["lm_head.weight"]], head_compute, _bias(t, "lm_head.bias"))
     done("lm_head.")
     done("embed")

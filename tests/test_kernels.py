@@ -226,6 +226,12 @@ def test_panels_with_fp16_scales(use_tier, tier, case):
     kq, kd, ks = _ops.quantize_activations(x)
     ref, mag = int8_ref(qs, d, m, case[4], case[2], kq, kd, ks)
     assert_close(y, ref, mag, 1e-5)
+    # rows read from the panels (embedding lookups of a tied head) equal the dequantized weights
+    fresh = _ops.Linear.quantized(qs, d, m, case[4], case[2], compute="int8")
+    for j in (0, case[1] // 2, case[1] - 1):
+        np.testing.assert_array_equal(fresh.get_row(j), dequant(qs[j:j + 1], d[j:j + 1], None if m is None else m[j:j + 1],
+                                                                case[4], case[2])[0])
+    assert fresh.layout == "panels"
     # the canonical planes come back exactly from the panels
     for j in (0, case[1] // 2, case[1] - 1):
         np.testing.assert_array_equal(lin.get_row(j), dequant(qs[j:j + 1], d[j:j + 1], None if m is None else m[j:j + 1],

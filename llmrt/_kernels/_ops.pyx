@@ -14,7 +14,7 @@ from llmrt._kernels.kernels cimport (
     lr_tier_name, lr_tier_compiled, lr_tier_supported, lr_best_tier, lr_tier_kernels,
     lr_set_threads, lr_get_threads, lr_openmp_enabled, lr_f16_to_f32,
     lr_bf16_hw_available, lr_bf16_hw_enabled, lr_set_bf16_hw,
-    lr_panels_nbytes, lr_panels_f16_exact, lr_pack_panels, lr_unpack_panels,
+    lr_panels_nbytes, lr_panels_f16_exact, lr_pack_panels, lr_unpack_panels, lr_panel_row,
 )
 
 cnp.import_array()
@@ -370,8 +370,9 @@ cdef class Linear:
                 out[i] = lr_f16_to_f32(self.w16[j * self.k + i])
             return
         if self.q.qs == NULL:
-            with gil:
-                self._ensure_canonical()
+            # one row straight from the panels (an embedding tied to the head shares them)
+            lr_panel_row(&self.q, j, out)
+            return
         ng = self.k // self.q.group
         for b in range(self.k // LR_QK):
             g = (b * LR_QK) // self.q.group

@@ -68,6 +68,8 @@ size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int
 int lr_panels_f16_exact(const lr_qmat *w);
 /* w (qs, d, m) -> out (lr_panels_nbytes bytes). */
 void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out);
+/* Row j of the panels dequantized (w = d*u + m as in the canonical form; j < n). */
+void lr_panel_row(const lr_qmat *w, int64_t j, float *out);
 /* w->panels -> canonical qs, d and m (m written only when w->panel_m). */
 void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m);
 

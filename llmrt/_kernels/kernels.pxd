@@ -72,6 +72,7 @@ cdef extern from "kernels.h" nogil:
     int lr_panels_f16_exact(const lr_qmat *w)
     void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out)
     void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m)
+    void lr_panel_row(const lr_qmat *w, int64_t j, float *out)
     int lr_bf16_hw_available()
     int lr_bf16_hw_enabled()
     void lr_set_bf16_hw(int enable)

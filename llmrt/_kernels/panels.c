@@ -97,3 +97,29 @@ void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m) {
         }
     }
 }
+
+void lr_panel_row(const lr_qmat *w, int64_t j, float *out) {
+    const int64_t k = w->k, ng = k / w->group, bpg = w->group / LR_QK, bb = block_bytes(w->bits);
+    const int f16 = w->panel_f16, ss = f16 ? 2 : 4, i = (int)(j % LR_PANEL);
+    const int64_t gb = lr_panel_group_bytes(w->bits, w->group, w->panel_m, f16);
+    const uint8_t *pp = w->panels + (j / LR_PANEL) * ng * gb;
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *gp = pp + g * gb;
+        const float d = get_scale(gp + bpg * bb, i, f16);
+        const float m = w->panel_m ? get_scale(gp + bpg * bb + LR_PANEL * ss, i, f16) : (w->bits == 4 ? -8.0f * d : 0.0f);
+        for (int64_t bi = 0; bi < bpg; bi++) {
+            const uint8_t *blk = gp + bi * bb;
+            float *o = out + (g * bpg + bi) * LR_QK;
+            for (int v = 0; v < (w->bits == 4 ? 4 : 8); v++)
+                for (int t = 0; t < 4; t++) {
+                    const uint8_t byte = blk[v * 64 + 4 * i + t];
+                    if (w->bits == 4) {
+                        o[4 * v + t] = d * (float)(byte & 0x0f) + m;
+                        o[16 + 4 * v + t] = d * (float)(byte >> 4) + m;
+                    } else {
+                        o[4 * v + t] = d * (float)(int8_t)(byte ^ 0x80u) + m;
+                    }
+                }
+        }
+    }
+}
