@@ -166,7 +166,6 @@ static void pn_init(pn_ctx *c, const lr_qmat *w, const lr_qact *a, float *y, int
 static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     const lr_qmat *w = c->w;
     const pn_span_fn span = pn_pick(w);
-    const int64_t rc = lr_row_chunk(w->k + w->k / 8, PN_R);
     const int par = (double)(p1 - p0) * LR_PANEL * (double)(r1 - r0) * (double)w->k >= (double)LR_PAR_MIN_WORK;
     (void)par;
     if (r1 <= r0 || p1 <= p0) return;
@@ -176,8 +175,7 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
          * bandwidth, so equal static shares would leave one waiting at the end of every layer, and
          * small last runs keep that wait short */
         LR_OMP(for schedule(guided, 2))
-        for (int64_t p = p0; p < p1; p++)
-            for (int64_t r = r0; r < r1; r += rc) span(c, r, lr_min64(r + rc, r1), p, p + 1);
+        for (int64_t p = p0; p < p1; p++) span(c, r0, r1, p, p + 1);   /* a panel stays in L1/L2 over the rows */
     }
 }
 
