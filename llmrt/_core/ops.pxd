@@ -5,7 +5,6 @@ cdef void rms_norm(const float *x, float *out, const float *w, int64_t n, float 
 cdef void layer_norm(const float *x, float *out, const float *w, const float *b, int64_t n, float eps) noexcept nogil
 cdef void rotary(float *x, int64_t n_heads, int64_t head_dim, int64_t rot_dim, int interleaved,
                  const float *cos_row, const float *sin_row) noexcept nogil
-cdef void silu_mul(const float *gate, const float *up, float *out, int64_t n) noexcept nogil
 cdef void activate(float *x, int64_t n, int kind) noexcept nogil
 
 cdef enum:

@@ -53,14 +53,6 @@ cdef void rotary(float *x, int64_t n_heads, int64_t head_dim, int64_t rot_dim, i
                 xh[i + half] = b * c + a * s
 
 
-cdef void silu_mul(const float *gate, const float *up, float *out, int64_t n) noexcept nogil:
-    cdef int64_t i
-    cdef float g
-    for i in range(n):
-        g = gate[i]
-        out[i] = g / (1.0 + expf(-g)) * up[i]
-
-
 cdef void activate(float *x, int64_t n, int kind) noexcept nogil:
     cdef int64_t i
     cdef float v
