@@ -12,6 +12,7 @@ cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint16_t
 from libc.string cimport memcpy
 from libc.math cimport cos, sin
+from cython.parallel cimport prange
 
 from llmrt._kernels._ops cimport ActScratch, Linear, active_kernels
 from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, lr_f32_to_f16, lr_f16_to_f32, LR_QK
@@ -26,6 +27,10 @@ MLPS = {"gated_silu": 0, "silu": ACT_SILU + 10, "gelu": ACT_GELU + 10,
 RESIDUALS = {"sequential": 0, "parallel": 1, "parallel_shared_norm": 2}
 # rows of the output head per two-pass weight pass (decode and beams need few; prefill asks for one)
 HEAD_TWO_PASS_ROWS = 32
+# from this many rows on, the per-row work between the GEMMs (norms, rotary, KV stores, residual
+# adds) is split between the threads; below, a parallel region costs more than it saves
+cdef enum:
+    PAR_ROWS = 16
 
 
 cdef class KVCache:
@@ -371,7 +376,7 @@ cdef class Engine:
         cdef const float *enb = _ptr(self.emb_norm_b)
         cdef int64_t H = self.hidden, hd = self.head_dim, nh = self.n_head, nkv = self.n_kv_head
         cdef int64_t qkv_n = (nh + 2 * nkv) * hd, att_n = nh * hd, half = self.rot_dim // 2
-        cdef int64_t t, i, l, s, kvh, ff, mi_n, pos, row, slot
+        cdef int64_t t, i, l, s, ff, mi_n, pos
         cdef Layer lay
         cdef const float *anw
         cdef const float *anb
@@ -381,9 +386,6 @@ cdef class Engine:
         cdef const lr_kernels *K = active_kernels()
         cdef float theta
         cdef bint want_hidden = hidden_states is not None
-        cdef float *src
-        cdef char *kdst
-        cdef char *vdst
         cdef KVCache c
         # per sequence: where its rows write K/V and which slots they attend to
         cdef cnp.ndarray segs = np.empty((nseg, 6), np.int64)
@@ -426,25 +428,10 @@ cdef class Engine:
             ff = lay.mlp_out.k
             mi_n = lay.mlp_in.n
             with nogil:
-                # attention input norm
-                for t in range(rows):
-                    self._norm(x + t * H, h + t * H, anw, anb, H)
+                self._norm_rows(x, h, anw, anb, rows)
                 lay.qkv.apply(h, H, rows, qkv, qkv_n, aq, ad, asum)
-                for t in range(rows):
-                    if half > 0:
-                        rotary(qkv + t * qkv_n, nh + nkv, hd, self.rot_dim, self.interleaved,
-                               cs + t * half, sn + t * half)
+                self._rope_store_rows(qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16)
                 for s in range(nseg):
-                    # K and V of this sequence's rows into its cache
-                    for t in range(seg_rows):
-                        row = s * seg_rows + t
-                        slot = sg[s, 1] + t
-                        for kvh in range(nkv):
-                            src = qkv + row * qkv_n + (nh + kvh) * hd
-                            kdst = <char *> bp[s, 0] + (l * nkv * sg[s, 4] + kvh * sg[s, 4] + slot) * hd * esize
-                            vdst = <char *> bp[s, 1] + (l * nkv * sg[s, 4] + kvh * sg[s, 4] + slot) * hd * esize
-                            _store(src, kdst, hd, kv16)
-                            _store(src + nkv * hd, vdst, hd, kv16)
                     a.q = qkv + s * seg_rows * qkv_n
                     a.q_stride = qkv_n
                     a.out = att + s * seg_rows * att_n
@@ -466,22 +453,17 @@ cdef class Engine:
                 lay.attn_out.apply(att, att_n, rows, o, H, aq, ad, asum)
 
                 if self.residual == 0:
-                    for i in range(rows * H):
-                        x[i] = x[i] + o[i]
-                    for t in range(rows):
-                        self._norm(x + t * H, h2 + t * H, mnw, mnb, H)
+                    # x += o; h2 = norm(x)
+                    self._add_norm_rows(x, o, NULL, h2, mnw, mnb, rows)
                     self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
-                    for i in range(rows * H):
-                        x[i] = x[i] + m[i]
+                    self._add_norm_rows(x, m, NULL, NULL, NULL, NULL, rows)
                 else:
                     if self.residual == 1:
-                        for t in range(rows):
-                            self._norm(x + t * H, h2 + t * H, mnw, mnb, H)
+                        self._norm_rows(x, h2, mnw, mnb, rows)
                         self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
                     else:
                         self._mlp(lay, h, rows, mi, mi_n, act, ff, m, aq, ad, asum)
-                    for i in range(rows * H):
-                        x[i] = x[i] + o[i] + m[i]
+                    self._add_norm_rows(x, o, m, NULL, NULL, NULL, rows)
             if want_hidden and l < self.n_layer - 1:
                 hidden_states[l + 1][hs_off:hs_off + rows] = self.x[:rows]
         for s in range(nseg):
@@ -606,6 +588,68 @@ cdef class Engine:
         if cache.pos_base and self.rot_dim:
             self._rotate(k, k, 0, 0, k.shape[2], -<double> cache.pos_base)
         return k, v
+
+    cdef void _norm_rows(self, const float *x, float *out, const float *w, const float *b, int64_t rows) noexcept nogil:
+        cdef int64_t t, H = self.hidden
+        if rows < PAR_ROWS:
+            for t in range(rows):
+                self._norm(x + t * H, out + t * H, w, b, H)
+        else:
+            for t in prange(rows, schedule="static"):
+                self._norm(x + t * H, out + t * H, w, b, H)
+
+    cdef inline void _add_norm_row(self, float *x, const float *a, const float *b2, float *out, const float *w,
+                                   const float *b, int64_t t) noexcept nogil:
+        """x[t] += a[t] (+ b2[t]); then out[t] = norm(x[t]) when out is given."""
+        cdef int64_t i, H = self.hidden
+        cdef float *xr = x + t * H
+        cdef const float *ar = a + t * H
+        cdef const float *br
+        if b2 == NULL:
+            for i in range(H):
+                xr[i] = xr[i] + ar[i]
+        else:
+            br = b2 + t * H
+            for i in range(H):
+                xr[i] = xr[i] + ar[i] + br[i]
+        if out != NULL:
+            self._norm(xr, out + t * H, w, b, H)
+
+    cdef void _add_norm_rows(self, float *x, const float *a, const float *b2, float *out, const float *w,
+                             const float *b, int64_t rows) noexcept nogil:
+        cdef int64_t t
+        if rows < PAR_ROWS:
+            for t in range(rows):
+                self._add_norm_row(x, a, b2, out, w, b, t)
+        else:
+            for t in prange(rows, schedule="static"):
+                self._add_norm_row(x, a, b2, out, w, b, t)
+
+    cdef inline void _rope_store_row(self, float *qkv, int64_t row, int64_t seg_rows, int64_t[:, ::1] sg,
+                                     size_t[:, ::1] bp, const float *cs, const float *sn, int64_t l,
+                                     bint kv16) noexcept nogil:
+        """Rotary on row's Q and K heads, then its K and V into its sequence's cache slot."""
+        cdef int64_t hd = self.head_dim, nh = self.n_head, nkv = self.n_kv_head, half = self.rot_dim // 2
+        cdef int64_t qkv_n = (nh + 2 * nkv) * hd, esize = 2 if kv16 else 4
+        cdef int64_t s = row // seg_rows, t = row % seg_rows, kvh, off
+        cdef float *src = qkv + row * qkv_n
+        if half > 0:
+            rotary(src, nh + nkv, hd, self.rot_dim, self.interleaved, cs + row * half, sn + row * half)
+        for kvh in range(nkv):
+            off = ((l * nkv + kvh) * sg[s, 4] + sg[s, 1] + t) * hd * esize
+            _store(src + (nh + kvh) * hd, <char *> bp[s, 0] + off, hd, kv16)
+            _store(src + (nh + nkv + kvh) * hd, <char *> bp[s, 1] + off, hd, kv16)
+
+    cdef void _rope_store_rows(self, float *qkv, int64_t rows, int64_t seg_rows, int64_t[:, ::1] sg,
+                               size_t[:, ::1] bp, const float *cs, const float *sn, int64_t l,
+                               bint kv16) noexcept nogil:
+        cdef int64_t row
+        if rows < PAR_ROWS:
+            for row in range(rows):
+                self._rope_store_row(qkv, row, seg_rows, sg, bp, cs, sn, l, kv16)
+        else:
+            for row in prange(rows, schedule="static"):
+                self._rope_store_row(qkv, row, seg_rows, sg, bp, cs, sn, l, kv16)
 
     cdef inline void _norm(self, const float *x, float *out, const float *w, const float *b, int64_t n) noexcept nogil:
         if self.norm_kind == 0:

@@ -42,4 +42,6 @@ cdef class Linear:
     cdef int _ensure_canonical(self) except -1
     cdef void _qgemm_i8(self, const lr_qact *act, float *y, int64_t ldy) noexcept nogil
     cdef void _apply_two_pass(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil
+    cdef void _two_pass_residual(self, const float *xr, int64_t r) noexcept nogil
+    cdef void _two_pass_sum(self, float *yr, int64_t r, int64_t m) noexcept nogil
     cdef void row(self, int64_t j, float *out) noexcept nogil

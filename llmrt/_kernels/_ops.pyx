@@ -8,6 +8,7 @@ import os
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
+from cython.parallel cimport prange
 
 from llmrt._kernels.kernels cimport (
     LR_QK, LR_N_TIERS, lr_kernels, lr_qmat, lr_qact, lr_attn_args,
@@ -334,26 +335,43 @@ cdef class Linear:
 
     cdef void _apply_two_pass(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil:
         cdef int64_t k = self.k, n = self.n, nb = self.k // LR_QK
-        cdef int64_t r, i, b, m, r0 = 0, step = self.scratch.rows
-        cdef float db
+        cdef int64_t r, m, r0 = 0, step = self.scratch.rows
         cdef lr_qact act
         # at most scratch.rows rows per weight pass
         while r0 < rows:
             m = min(step, rows - r0)
             # pass 1 rows [0, m); the residual x - dequant(pass 1) as rows [m, 2 m)
             _active.quantize_act(x + r0 * ldx, ldx, m, k, self.scratch.q, self.scratch.d, self.scratch.s)
-            for r in range(m):
-                for b in range(nb):
-                    db = self.scratch.d[r * nb + b]
-                    for i in range(b * LR_QK, (b + 1) * LR_QK):
-                        self.scratch.r[r * k + i] = x[(r0 + r) * ldx + i] - db * self.scratch.q[r * k + i]
+            if m < 16:
+                for r in range(m):
+                    self._two_pass_residual(x + (r0 + r) * ldx, r)
+            else:
+                for r in prange(m, schedule="static"):
+                    self._two_pass_residual(x + (r0 + r) * ldx, r)
             _active.quantize_act(self.scratch.r, k, m, k, self.scratch.q + m * k, self.scratch.d + m * nb, self.scratch.s + m * nb)
             act.rows, act.k, act.q, act.d, act.sum = 2 * m, k, self.scratch.q, self.scratch.d, self.scratch.s
             self._qgemm_i8(&act, self.scratch.y, n)
-            for r in range(m):
-                for i in range(n):
-                    y[(r0 + r) * ldy + i] = self.scratch.y[r * n + i] + self.scratch.y[(m + r) * n + i]
+            if m < 16:
+                for r in range(m):
+                    self._two_pass_sum(y + (r0 + r) * ldy, r, m)
+            else:
+                for r in prange(m, schedule="static"):
+                    self._two_pass_sum(y + (r0 + r) * ldy, r, m)
             r0 += m
+
+    cdef void _two_pass_residual(self, const float *xr, int64_t r) noexcept nogil:
+        """Scratch row r of the residual: x minus its first-pass int8 rounding."""
+        cdef int64_t k = self.k, nb = self.k // LR_QK, b, i
+        cdef float db
+        for b in range(nb):
+            db = self.scratch.d[r * nb + b]
+            for i in range(b * LR_QK, (b + 1) * LR_QK):
+                self.scratch.r[r * k + i] = xr[i] - db * self.scratch.q[r * k + i]
+
+    cdef void _two_pass_sum(self, float *yr, int64_t r, int64_t m) noexcept nogil:
+        cdef int64_t n = self.n, i
+        for i in range(n):
+            yr[i] = self.scratch.y[r * n + i] + self.scratch.y[(m + r) * n + i]
 
     cdef void row(self, int64_t j, float *out) noexcept nogil:
         """Row j of W as floats (embedding lookup); j must be in [0, n)."""

@@ -253,11 +253,21 @@ static int amx_part(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy, i
             lr_thread_range(np, &p0, &p1);
             void (*tile)(const amx_ctx *, int64_t, int64_t, const amx_buf *) = bpg == 1 ? amx_tile_g1 : amx_tile_gn;
             amx_configure();
-            for (int64_t rc = 0; rc < ntile; rc += tpc)
+            /* the next panel is fetched into L2 while this one's tiles run: a share per row tile */
+            const int64_t pbytes = ng * pn_group_bytes(w);
+            for (int64_t rc = 0; rc < ntile; rc += tpc) {
+                const int64_t rn = lr_min64(rc + tpc, ntile) - rc, share = (pbytes / rn + 63) & ~(int64_t)63;
                 for (int64_t p = p0; p < p1; p++) {
                     amx_unpack_panel(w, p, &o);
-                    for (int64_t rt = rc; rt < lr_min64(rc + tpc, ntile); rt++) tile(&c, rt, p, &o);
+                    const char *next = (const char *)w->panels + (p + 1) * pbytes;
+                    for (int64_t i = 0; i < rn; i++) {
+                        if (p + 1 < p1)
+                            for (int64_t l = i * share; l < lr_min64((i + 1) * share, pbytes); l += 64)
+                                _mm_prefetch(next + l, _MM_HINT_T1);
+                        tile(&c, rc + i, p, &o);
+                    }
                 }
+            }
             _tile_release();
             _mm_free(mem);
         }
