@@ -224,6 +224,98 @@ LR_INLINE void at_heads(const lr_attn_args *a, int32_t h0, const int NH, int64_t
     }
 }
 
+/* One token (position pos) for NH query heads h0.. of one kv head, reading the cache directly: each
+ * 16-key tile is converted and transposed in registers and used at once, and value rows are
+ * converted as they are read.  A single token would not amortize packing the keys and values into
+ * buffers (decode).  CH accumulator chains per head hide the FMA latency when NH is small.
+ * scores: NH rows of the key tiles from tile lo / 16. */
+LR_INLINE void at_heads_direct(const lr_attn_args *a, int32_t h0, const int NH, const int CH, int64_t pos, int64_t lo,
+                               const void *kb, const void *vb, const float *qrow, float *scores, float *orow) {
+    const int32_t hd = a->head_dim;
+    const __m512 scale = _mm512_set1_ps(a->scale);
+    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const int64_t t0 = lo / AT_KT, t1 = pos / AT_KT, ns = (t1 - t0 + 1) * AT_KT, jbase = t0 * AT_KT;
+    const float *qh[AT_GROUP];
+    __m512 vmax[AT_GROUP];
+    LR_UNROLL for (int h = 0; h < NH; h++) {
+        qh[h] = qrow + (int64_t)(h0 + h) * hd;
+        vmax[h] = _mm512_set1_ps(-INFINITY);
+    }
+    for (int64_t t = t0; t <= t1; t++) {
+        const int64_t jt = t * AT_KT;
+        __m512 sc[AT_GROUP][4];
+        LR_UNROLL for (int h = 0; h < NH; h++) LR_UNROLL for (int c = 0; c < CH; c++) sc[h][c] = _mm512_setzero_ps();
+        for (int32_t d0 = 0; d0 < hd; d0 += 16) {
+            const int32_t nd = hd - d0 >= 16 ? 16 : hd - d0;
+            const __mmask16 m = (__mmask16)(nd == 16 ? 0xFFFF : (1u << nd) - 1);
+            __m512 r[16];
+            LR_UNROLL for (int l = 0; l < AT_KT; l++)
+                r[l] = jt + l <= pos ? at_load(kb, a->kv_f16, (jt + l) * hd + d0, m) : _mm512_setzero_ps();
+            at_transpose16(r);
+            for (int32_t d = 0; d < nd; d++)
+                LR_UNROLL for (int h = 0; h < NH; h++)
+                    sc[h][d % CH] = _mm512_fmadd_ps(_mm512_set1_ps(qh[h][d0 + d]), r[d], sc[h][d % CH]);
+        }
+        const int64_t first = lo > jt ? lo - jt : 0, last = pos - jt;
+        const __mmask16 in = (__mmask16)(((last >= 15 ? 0xFFFFu : (2u << last) - 1u)) & ~((1u << first) - 1u));
+        const __m512 rel = _mm512_add_ps(lane, _mm512_set1_ps((float)(jt - pos)));
+        LR_UNROLL for (int h = 0; h < NH; h++) {
+            __m512 v = sc[h][0];
+            LR_UNROLL for (int c = 1; c < CH; c++) v = _mm512_add_ps(v, sc[h][c]);
+            v = _mm512_mul_ps(scale, v);
+            if (a->alibi_slopes) v = _mm512_fmadd_ps(_mm512_set1_ps(a->alibi_slopes[h0 + h]), rel, v);
+            v = _mm512_mask_blend_ps(in, _mm512_set1_ps(-INFINITY), v);
+            _mm512_storeu_ps(scores + h * ns + (t - t0) * AT_KT, v);
+            vmax[h] = _mm512_max_ps(vmax[h], v);
+        }
+    }
+    float inv[AT_GROUP];
+    LR_UNROLL for (int h = 0; h < NH; h++) {
+        const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[h]));
+        __m512 vsum = _mm512_setzero_ps();
+        float *sh = scores + h * ns;
+        for (int64_t i = 0; i < ns; i += 16) {
+            const __m512 e = vm_exp(_mm512_sub_ps(_mm512_loadu_ps(sh + i), mx));
+            _mm512_storeu_ps(sh + i, e);
+            vsum = _mm512_add_ps(vsum, e);
+        }
+        const float denom = _mm512_reduce_add_ps(vsum);
+        inv[h] = denom > 0.0f ? 1.0f / denom : 0.0f;
+    }
+    for (int32_t d0 = 0; d0 < hd; d0 += 16) {
+        const __mmask16 md = (__mmask16)(hd - d0 >= 16 ? 0xFFFF : (1u << (hd - d0)) - 1);
+        __m512 acc[AT_GROUP][4];
+        LR_UNROLL for (int h = 0; h < NH; h++) LR_UNROLL for (int c = 0; c < CH; c++) acc[h][c] = _mm512_setzero_ps();
+        int64_t j = lo;
+        for (; j + CH - 1 <= pos; j += CH)
+            LR_UNROLL for (int c = 0; c < CH; c++) {
+                const __m512 v = at_load(vb, a->kv_f16, (j + c) * hd + d0, md);
+                LR_UNROLL for (int h = 0; h < NH; h++)
+                    acc[h][c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[h * ns + j + c - jbase]), v, acc[h][c]);
+            }
+        for (; j <= pos; j++) {
+            const __m512 v = at_load(vb, a->kv_f16, j * hd + d0, md);
+            LR_UNROLL for (int h = 0; h < NH; h++)
+                acc[h][0] = _mm512_fmadd_ps(_mm512_set1_ps(scores[h * ns + j - jbase]), v, acc[h][0]);
+        }
+        LR_UNROLL for (int h = 0; h < NH; h++) {
+            __m512 o = acc[h][0];
+            LR_UNROLL for (int c = 1; c < CH; c++) o = _mm512_add_ps(o, acc[h][c]);
+            _mm512_mask_storeu_ps(orow + (int64_t)(h0 + h) * hd + d0, md, _mm512_mul_ps(o, _mm512_set1_ps(inv[h])));
+        }
+    }
+}
+
+/* Every query head of kv head kvh for the single token at position pos (lo: first visible key). */
+static void at_token_direct(const lr_attn_args *a, int32_t kvh, int64_t pos, int64_t lo, const void *kb,
+                            const void *vb, const float *qrow, float *scores, float *orow) {
+    const int32_t group = a->n_head / a->n_kv_head, h1 = (kvh + 1) * group;
+    int32_t h = kvh * group;
+    for (; h + 8 <= h1; h += 8) at_heads_direct(a, h, 8, 1, pos, lo, kb, vb, qrow, scores, orow);
+    for (; h + 4 <= h1; h += 4) at_heads_direct(a, h, 4, 1, pos, lo, kb, vb, qrow, scores, orow);
+    for (; h < h1; h++) at_heads_direct(a, h, 1, 4, pos, lo, kb, vb, qrow, scores, orow);
+}
+
 static void x86_attention(const lr_attn_args *a) {
     const int32_t hd = a->head_dim, group = a->n_head / a->n_kv_head;
     const int64_t tblocks = (a->n_tok + AT_TOKENS - 1) / AT_TOKENS, items = tblocks * a->n_kv_head;
@@ -232,16 +324,30 @@ static void x86_attention(const lr_attn_args *a) {
     int ok = 1;
     LR_OMP(parallel if (items > 1 || a->n_tok * a->n_head > 1) reduction(&& : ok))
     {
-        /* per thread: key tiles and value rows of the whole context, one row of scores */
+        /* per thread: key tiles and value rows of the whole context (not for single tokens, which
+         * read the cache directly), AT_GROUP rows of scores */
         const int64_t cap = (a->ctx + AT_KT - 1) / AT_KT * AT_KT;
-        float *kt = (float *)malloc((size_t)(cap * hd) * sizeof(float));
-        float *vr = (float *)malloc((size_t)(cap * hd) * sizeof(float));
+        const int packed = a->n_tok > 1;
+        float *kt = packed ? (float *)malloc((size_t)(cap * hd) * sizeof(float)) : NULL;
+        float *vr = packed ? (float *)malloc((size_t)(cap * hd) * sizeof(float)) : NULL;
         float *scores = (float *)malloc((size_t)(AT_GROUP * (cap + AT_KT)) * sizeof(float));
         /* every thread takes part in the loop (a worksharing loop must be met by all) */
         LR_OMP(for schedule(dynamic, 1))
         for (int64_t it = 0; it < items; it++) {
-            if (!kt || !vr || !scores) {
+            if ((packed && (!kt || !vr)) || !scores) {
                 ok = 0;
+            } else if (!packed) {
+                const int32_t kvh = (int32_t)it;
+                int64_t lo = a->kv_begin;
+                if (a->window > 0 && a->pos0 - a->window + 1 > lo) lo = a->pos0 - a->window + 1;
+                float *orow = a->out;
+                if (lo > a->pos0) {
+                    memset(orow + (int64_t)kvh * group * hd, 0, (size_t)group * hd * sizeof(float));
+                } else {
+                    const char *kb = (const char *)a->k_cache + (size_t)(kvh * kv_stride) * esize;
+                    const char *vb = (const char *)a->v_cache + (size_t)(kvh * kv_stride) * esize;
+                    at_token_direct(a, kvh, a->pos0, lo, kb, vb, a->q, scores, orow);
+                }
             } else {
                 const int32_t kvh = (int32_t)(it % a->n_kv_head);
                 const int64_t tb0 = (it / a->n_kv_head) * AT_TOKENS;
