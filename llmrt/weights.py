@@ -115,7 +115,7 @@ def _dense(t: Mapping[str, Stored], name: str) -> np.ndarray | None:
 
 
 def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_compute: str | None = None,
-                 two_pass: str = "int8", max_chunk: int = 512,
+                 two_pass: str = "int8", max_chunk: int = 128,
                  release: Callable[[Iterable[np.ndarray]], None] | None = None) -> Engine:
     """The engine of a model from its stored tensors.  release(arrays), if given, is called with the
     stored arrays of each part once its Linears are built (mapped files give their pages back)."""

@@ -191,7 +191,7 @@ cdef class Engine:
     def __init__(self, *, int hidden, int n_head, int n_kv_head, int head_dim, int vocab,
                  str norm, float eps, str mlp, str residual, int rot_dim, bint rot_interleaved,
                  inv_freq, list layers, Linear embed, Linear lm_head, final_norm_w, final_norm_b=None,
-                 emb_norm_w=None, emb_norm_b=None, int64_t window=0, attn_scale=None, int64_t max_chunk=512,
+                 emb_norm_w=None, emb_norm_b=None, int64_t window=0, attn_scale=None, int64_t max_chunk=128,
                  str two_pass="none"):
         if norm not in NORMS or mlp not in MLPS or residual not in RESIDUALS:
             raise ValueError(f"unknown block option: norm={norm!r} mlp={mlp!r} residual={residual!r}")
