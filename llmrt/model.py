@@ -54,7 +54,8 @@ class Model:
         self.memory_dtype = memory_dtype
         self._tensors = tensors
         self.engine = build_engine(config, tensors, quant.compute_dtype, quant.head_compute,
-                                   two_pass=quant.activation_precision, release=formats.drop_resident_pages)
+                                   two_pass=quant.activation_precision, release=formats.drop_resident_pages,
+                                   row_release=formats.row_release)
         self._session = Session()           # the conversation kept by interactive generate() / chat()
         self._generation_defaults: dict | None = None
 

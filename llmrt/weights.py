@@ -116,13 +116,30 @@ def _dense(t: Mapping[str, Stored], name: str) -> np.ndarray | None:
 
 def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_compute: str | None = None,
                  two_pass: str = "int8", max_chunk: int = 128,
-                 release: Callable[[Iterable[np.ndarray]], None] | None = None) -> Engine:
+                 release: Callable[[Iterable[np.ndarray]], None] | None = None,
+                 row_release: Callable[[list], tuple[Callable[[int, int], None], int] | None] | None = None
+                 ) -> Engine:
     """The engine of a model from its stored tensors.  release(arrays), if given, is called with the
-    stored arrays of each part once its Linears are built (mapped files give their pages back)."""
+    stored arrays of each part once its Linears are built (mapped files give their pages back);
+    row_release(planes) (formats.row_release) sets up the row-wise release of an untied embedding."""
     def done(prefix: str) -> None:
         if release is not None:
             release([a for name, (a, f) in t.items() if name.startswith(prefix) and f is not None])
 
+    # the head and the embedding first: repacking the head is the largest transient of a load,
+    # best taken while nothing else is resident
+    embed_w = fuse_rows([_need(t, "embed")])
+    head_compute = head_compute or compute
+    untied = not cfg.tie_word_embeddings and "lm_head.weight" in t
+    if not untied:
+        lm_head = linear_from(embed_w, head_compute)
+        # a tied embedding reads its rows from the head's panels (one copy of the matrix)
+        embed = lm_head if lm_head.layout == "panels" else linear_from(embed_w, compute, panels=False)
+    else:
+        embed = linear_from(embed_w, compute, panels=False)   # read a row at a time: canonical layout
+        lm_head = make_linear([t["lm_head.weight"]], head_compute, _bias(t, "lm_head.bias"))
+    done("lm_head.")
+    done("embed")
     layers = []
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
@@ -141,18 +158,7 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
                             _dense(t, p + "attn_norm.weight"), _dense(t, p + "attn_norm.bias"),
                             _dense(t, p + "mlp_norm.weight"), _dense(t, p + "mlp_norm.bias")))
         done(p)
-    embed_w = fuse_rows([_need(t, "embed")])
-    head_compute = head_compute or compute
-    if cfg.tie_word_embeddings or "lm_head.weight" not in t:
-        lm_head = linear_from(embed_w, head_compute)
-        # a tied embedding reads its rows from the head's panels (one copy of the matrix)
-        embed = lm_head if lm_head.layout == "panels" else linear_from(embed_w, compute, panels=False)
-    else:
-        embed = linear_from(embed_w, compute, panels=False)   # read a row at a time: canonical layout
-        lm_head = make_linear([t["lm_head.weight"]], head_compute, _bias(t, "lm_head.bias"))
-    done("lm_head.")
-    done("embed")
-    return Engine(hidden=cfg.hidden_size, n_head=cfg.num_heads, n_kv_head=cfg.num_kv_heads,
+    engine = Engine(hidden=cfg.hidden_size, n_head=cfg.num_heads, n_kv_head=cfg.num_kv_heads,
                   head_dim=cfg.head_dim, vocab=cfg.vocab_size, norm=cfg.norm, eps=cfg.norm_eps,
                   mlp=cfg.mlp, residual=cfg.residual, rot_dim=cfg.rotary_dim,
                   rot_interleaved=cfg.rotary_interleaved, inv_freq=cfg.inv_freq(), layers=layers,
@@ -160,3 +166,10 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
                   final_norm_b=_dense(t, "final_norm.bias"), emb_norm_w=_dense(t, "emb_norm.weight"),
                   emb_norm_b=_dense(t, "emb_norm.bias"), window=cfg.sliding_window, max_chunk=max_chunk,
                   two_pass={"int8": "none", "auto": "down", "high": "all"}[two_pass])
+    if untied and row_release is not None:
+        # an untied embedding is only read a row at a time: give its pages back as they are read
+        planes = [embed_w] if isinstance(embed_w, np.ndarray) else [embed_w.qs, embed_w.d, embed_w.m]
+        found = row_release(planes)
+        if found is not None:
+            engine.release_embedding_rows(*found)
+    return engine

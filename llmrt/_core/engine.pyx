@@ -31,6 +31,10 @@ HEAD_TWO_PASS_ROWS = 32
 # adds) is split between the threads; below, a parallel region costs more than it saves
 cdef enum:
     PAR_ROWS = 16
+# windows of a mapped embedding's rows that may stay resident before its pages are given back
+# (a page fault maps up to a 2 MiB folio: 4 windows bound it to about 8 MiB)
+cdef enum:
+    EMBED_WINDOWS = 4
 
 
 cdef class KVCache:
@@ -183,6 +187,9 @@ cdef class Engine:
     cdef object final_norm_w, final_norm_b, inv_freq, emb_norm_w, emb_norm_b
     cdef readonly int64_t max_chunk
     cdef readonly ActScratch act_scratch, head_scratch
+    # a mapped embedding read row by row: release(first, end) gives back the pages of its rows
+    cdef object embed_release, embed_windows
+    cdef int64_t embed_window
     # seconds spent running blocks and head (the rest of a call is argument handling in Python)
     cdef public double compute_seconds
     # scratch, sized for max_chunk rows
@@ -276,6 +283,39 @@ cdef class Engine:
         self.asum = np.zeros(rows * (max_k // LR_QK + 1), np.int32)
         self.cs = np.zeros((rows, max(self.rot_dim // 2, 1)), f)
         self.sn = np.zeros((rows, max(self.rot_dim // 2, 1)), f)
+
+    def release_embedding_rows(self, release, int64_t window_rows=1):
+        """Give back the pages of a mapped embedding as rows are read: once rows of more than
+        EMBED_WINDOWS windows (of window_rows rows) have been read, release(0, vocab) is called (one
+        call, not one per row: each costs a TLB shootdown).  None reads rows in place and keeps them."""
+        if release is not None and (not callable(release) or window_rows <= 0):
+            raise ValueError("release must be callable and window_rows positive")
+        self.embed_release = release
+        self.embed_window = window_rows
+        self.embed_windows = set()
+
+    cdef void _embed_rows(self, cnp.ndarray toks, float *x) except *:
+        cdef int64_t rows = toks.shape[0], H = self.hidden, i, t, w
+        cdef const int64_t *tk = <const int64_t *> cnp.PyArray_DATA(toks)
+        cdef cnp.ndarray order
+        cdef const int64_t *od
+        if self.embed_release is None:
+            with nogil:
+                for t in range(rows):
+                    self.embed.row(tk[t], x + t * H)
+            return
+        # in row order, so each window's rows are read together
+        order = np.argsort(toks, kind="stable").astype(np.int64)
+        od = <const int64_t *> cnp.PyArray_DATA(order)
+        for i in range(rows):
+            t = od[i]
+            w = tk[t] // self.embed_window
+            if w not in self.embed_windows:
+                if len(self.embed_windows) >= EMBED_WINDOWS:
+                    self.embed_release(0, self.vocab)
+                    self.embed_windows.clear()
+                self.embed_windows.add(w)
+            self.embed.row(tk[t], x + t * H)
 
     def new_cache(self, int64_t ctx, dtype="f16"):
         return KVCache(self.n_layer, self.n_kv_head, ctx, self.head_dim, dtype)
@@ -408,9 +448,9 @@ cdef class Engine:
             bp[s, 0] = <size_t> cnp.PyArray_DATA(c.k)
             bp[s, 1] = <size_t> cnp.PyArray_DATA(c.v)
 
+        self._embed_rows(toks, x)
         with nogil:
             for t in range(rows):
-                self.embed.row(tk[t], x + t * H)
                 if enw != NULL:
                     layer_norm(x + t * H, x + t * H, enw, enb, H, self.eps)
                 pos = sg[t // seg_rows, 0] + t % seg_rows

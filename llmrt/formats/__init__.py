@@ -8,7 +8,7 @@ from llmrt.formats.checkpoint import (
     Checkpoint, checkpoint_identity, iter_checkpoint, list_checkpoint_tensors, read_tensor,
 )
 from llmrt.formats.errors import ModelFileError
-from llmrt.formats.resident import drop_resident_pages
+from llmrt.formats.resident import drop_resident_pages, row_release
 from llmrt.formats.gguf_file import (
     GGUFFile, GGUFTensorInfo, is_gguf_file, permute_rotary_rows, unpermute_rotary_rows,
 )
@@ -22,5 +22,5 @@ __all__ = [
     "Checkpoint", "iter_checkpoint", "list_checkpoint_tensors", "read_tensor", "checkpoint_identity",
     "GGUFFile", "GGUFTensorInfo", "is_gguf_file", "unpermute_rotary_rows", "permute_rotary_rows",
     "ModelFileWriter", "load_model_file", "read_model_file_metadata", "is_llmrt_file", "MODEL_FILE_VERSION",
-    "ModelFileError", "drop_resident_pages",
+    "ModelFileError", "drop_resident_pages", "row_release",
 ]

@@ -1,12 +1,15 @@
-"""Giving back the resident pages of memory-mapped weights once they have been repacked.
+"""Giving back the resident pages of memory-mapped weights.
 
 The kernels run on their own copy of every matrix (panels), so the pages of the mapped file that
 the repacking read would otherwise stay resident beside that copy and double the process's memory.
+A matrix read a row at a time (an untied embedding) stays mapped; a page fault maps a whole
+page-cache folio (up to 2 MiB on recent kernels, whatever the access advice), so scattered lookups
+would make all of it resident: its rows are given back window by window as they are read.
 This is the one OS-specific spot: where ``madvise(MADV_DONTNEED)`` is missing, it does nothing."""
 from __future__ import annotations
 
 import mmap
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -45,3 +48,21 @@ def drop_resident_pages(arrays: Iterable[np.ndarray]) -> None:
                 mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
             except (OSError, ValueError):
                 pass                                   # advice only: nothing to undo
+
+
+def row_release(arrays: Sequence[np.ndarray | None], window_bytes: int = 2 << 20
+                ) -> tuple[Callable[[int, int], None], int] | None:
+    """For a matrix whose planes (arrays with one row per matrix row) are read a row at a time:
+    release(first, end), which gives back the resident pages of rows [first, end) of every
+    file-backed plane, and the rows per window (about window_bytes of the widest plane).  None when
+    no plane is file-backed or the OS has no such advice."""
+    mapped = [a for a in arrays if isinstance(a, np.ndarray) and a.ndim >= 1 and a.shape[0] > 0
+              and a.nbytes > 0 and _mapping_of(a) is not None]
+    if not mapped or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    row_bytes = max(a.nbytes // a.shape[0] for a in mapped)
+
+    def release(first: int, end: int) -> None:
+        drop_resident_pages([a[first:end] for a in mapped])
+
+    return release, max(1, window_bytes // row_bytes)
