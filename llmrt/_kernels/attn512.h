@@ -161,14 +161,47 @@ static void at_row(const lr_attn_args *a, int32_t h, int64_t pos, int64_t lo, in
 
 #define AT_GROUP 8   /* query heads of one kv head processed together */
 
+/* Raw scores sc[h] of NH heads h0.. for the 16 keys from position jt: scaled, ALiBi-biased, keys
+ * outside [lo, pos] set to -inf, stored at column col of the heads' score rows (ns apart), and
+ * folded into the running maxima. */
+LR_INLINE void at_tile_scores(const lr_attn_args *a, int32_t h0, const int NH, const __m512 *sc, int64_t jt,
+                              int64_t pos, int64_t lo, float *scores, int64_t ns, int64_t col, __m512 *vmax) {
+    const __m512 scale = _mm512_set1_ps(a->scale);
+    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const int64_t first = lo > jt ? lo - jt : 0, last = pos - jt;   /* inclusive lane range */
+    const __mmask16 in = (__mmask16)(((last >= 15 ? 0xFFFFu : (2u << last) - 1u)) & ~((1u << first) - 1u));
+    const __m512 rel = _mm512_add_ps(lane, _mm512_set1_ps((float)(jt - pos)));
+    LR_UNROLL for (int h = 0; h < NH; h++) {
+        __m512 v = _mm512_mul_ps(scale, sc[h]);
+        if (a->alibi_slopes) v = _mm512_fmadd_ps(_mm512_set1_ps(a->alibi_slopes[h0 + h]), rel, v);
+        v = _mm512_mask_blend_ps(in, _mm512_set1_ps(-INFINITY), v);
+        _mm512_storeu_ps(scores + h * ns + col, v);
+        vmax[h] = _mm512_max_ps(vmax[h], v);
+    }
+}
+
+/* Score rows (NH of ns) -> exp(s - max) in place; inv[h] = 1 / their sum (0 when nothing is visible). */
+LR_INLINE void at_softmax(const int NH, float *scores, int64_t ns, const __m512 *vmax, float *inv) {
+    LR_UNROLL for (int h = 0; h < NH; h++) {
+        const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[h]));
+        __m512 vsum = _mm512_setzero_ps();
+        float *sh = scores + h * ns;
+        for (int64_t i = 0; i < ns; i += 16) {
+            const __m512 e = vm_exp(_mm512_sub_ps(_mm512_loadu_ps(sh + i), mx));
+            _mm512_storeu_ps(sh + i, e);   /* masked lanes: e^-inf = 0 */
+            vsum = _mm512_add_ps(vsum, e);
+        }
+        const float denom = _mm512_reduce_add_ps(vsum);
+        inv[h] = denom > 0.0f ? 1.0f / denom : 0.0f;
+    }
+}
+
 /* NH query heads h0.. of one kv head (one token at position pos) together: every key tile row and
  * every value row is loaded once for all of them, and the NH independent accumulators hide the FMA
  * latency.  scores: NH rows of the tile range. */
 LR_INLINE void at_heads(const lr_attn_args *a, int32_t h0, const int NH, int64_t pos, int64_t lo, int64_t j0,
                         const float *qrow, const float *kt, const float *vr, float *scores, float *orow) {
     const int32_t hd = a->head_dim;
-    const __m512 scale = _mm512_set1_ps(a->scale);
-    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const int64_t t0 = (lo - j0) / AT_KT, t1 = (pos - j0) / AT_KT, ns = (t1 - t0 + 1) * AT_KT;
     const int64_t jbase = j0 + t0 * AT_KT;
     const float *qh[AT_GROUP];
@@ -185,31 +218,10 @@ LR_INLINE void at_heads(const lr_attn_args *a, int32_t h0, const int NH, int64_t
             const __m512 kv = _mm512_loadu_ps(tile + d * AT_KT);
             LR_UNROLL for (int h = 0; h < NH; h++) sc[h] = _mm512_fmadd_ps(_mm512_set1_ps(qh[h][d]), kv, sc[h]);
         }
-        const int64_t jt = j0 + t * AT_KT;
-        const int64_t first = lo > jt ? lo - jt : 0, last = pos - jt;
-        const __mmask16 in = (__mmask16)(((last >= 15 ? 0xFFFFu : (2u << last) - 1u)) & ~((1u << first) - 1u));
-        const __m512 rel = _mm512_add_ps(lane, _mm512_set1_ps((float)(jt - pos)));
-        LR_UNROLL for (int h = 0; h < NH; h++) {
-            __m512 v = _mm512_mul_ps(scale, sc[h]);
-            if (a->alibi_slopes) v = _mm512_fmadd_ps(_mm512_set1_ps(a->alibi_slopes[h0 + h]), rel, v);
-            v = _mm512_mask_blend_ps(in, _mm512_set1_ps(-INFINITY), v);
-            _mm512_storeu_ps(scores + h * ns + (t - t0) * AT_KT, v);
-            vmax[h] = _mm512_max_ps(vmax[h], v);
-        }
+        at_tile_scores(a, h0, NH, sc, j0 + t * AT_KT, pos, lo, scores, ns, (t - t0) * AT_KT, vmax);
     }
     float inv[AT_GROUP];
-    LR_UNROLL for (int h = 0; h < NH; h++) {
-        const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[h]));
-        __m512 vsum = _mm512_setzero_ps();
-        float *sh = scores + h * ns;
-        for (int64_t i = 0; i < ns; i += 16) {
-            const __m512 e = vm_exp(_mm512_sub_ps(_mm512_loadu_ps(sh + i), mx));
-            _mm512_storeu_ps(sh + i, e);
-            vsum = _mm512_add_ps(vsum, e);
-        }
-        const float denom = _mm512_reduce_add_ps(vsum);
-        inv[h] = denom > 0.0f ? 1.0f / denom : 0.0f;
-    }
+    at_softmax(NH, scores, ns, vmax, inv);
     for (int32_t d0 = 0; d0 < hd; d0 += 16) {
         const __mmask16 md = (__mmask16)(hd - d0 >= 16 ? 0xFFFF : (1u << (hd - d0)) - 1);
         __m512 acc[AT_GROUP];
@@ -232,8 +244,6 @@ LR_INLINE void at_heads(const lr_attn_args *a, int32_t h0, const int NH, int64_t
 LR_INLINE void at_heads_direct(const lr_attn_args *a, int32_t h0, const int NH, const int CH, int64_t pos, int64_t lo,
                                const void *kb, const void *vb, const float *qrow, float *scores, float *orow) {
     const int32_t hd = a->head_dim;
-    const __m512 scale = _mm512_set1_ps(a->scale);
-    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const int64_t t0 = lo / AT_KT, t1 = pos / AT_KT, ns = (t1 - t0 + 1) * AT_KT, jbase = t0 * AT_KT;
     const float *qh[AT_GROUP];
     __m512 vmax[AT_GROUP];
@@ -256,32 +266,15 @@ LR_INLINE void at_heads_direct(const lr_attn_args *a, int32_t h0, const int NH, 
                 LR_UNROLL for (int h = 0; h < NH; h++)
                     sc[h][d % CH] = _mm512_fmadd_ps(_mm512_set1_ps(qh[h][d0 + d]), r[d], sc[h][d % CH]);
         }
-        const int64_t first = lo > jt ? lo - jt : 0, last = pos - jt;
-        const __mmask16 in = (__mmask16)(((last >= 15 ? 0xFFFFu : (2u << last) - 1u)) & ~((1u << first) - 1u));
-        const __m512 rel = _mm512_add_ps(lane, _mm512_set1_ps((float)(jt - pos)));
+        __m512 sum[AT_GROUP];
         LR_UNROLL for (int h = 0; h < NH; h++) {
-            __m512 v = sc[h][0];
-            LR_UNROLL for (int c = 1; c < CH; c++) v = _mm512_add_ps(v, sc[h][c]);
-            v = _mm512_mul_ps(scale, v);
-            if (a->alibi_slopes) v = _mm512_fmadd_ps(_mm512_set1_ps(a->alibi_slopes[h0 + h]), rel, v);
-            v = _mm512_mask_blend_ps(in, _mm512_set1_ps(-INFINITY), v);
-            _mm512_storeu_ps(scores + h * ns + (t - t0) * AT_KT, v);
-            vmax[h] = _mm512_max_ps(vmax[h], v);
+            sum[h] = sc[h][0];
+            LR_UNROLL for (int c = 1; c < CH; c++) sum[h] = _mm512_add_ps(sum[h], sc[h][c]);
         }
+        at_tile_scores(a, h0, NH, sum, jt, pos, lo, scores, ns, (t - t0) * AT_KT, vmax);
     }
     float inv[AT_GROUP];
-    LR_UNROLL for (int h = 0; h < NH; h++) {
-        const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[h]));
-        __m512 vsum = _mm512_setzero_ps();
-        float *sh = scores + h * ns;
-        for (int64_t i = 0; i < ns; i += 16) {
-            const __m512 e = vm_exp(_mm512_sub_ps(_mm512_loadu_ps(sh + i), mx));
-            _mm512_storeu_ps(sh + i, e);
-            vsum = _mm512_add_ps(vsum, e);
-        }
-        const float denom = _mm512_reduce_add_ps(vsum);
-        inv[h] = denom > 0.0f ? 1.0f / denom : 0.0f;
-    }
+    at_softmax(NH, scores, ns, vmax, inv);
     for (int32_t d0 = 0; d0 < hd; d0 += 16) {
         const __mmask16 md = (__mmask16)(hd - d0 >= 16 ? 0xFFFF : (1u << (hd - d0)) - 1);
         __m512 acc[AT_GROUP][4];
