@@ -207,13 +207,10 @@ static int amx_part(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy, i
     const int has_m = w->panel_m != 0;
     const int64_t k = w->k, nb = k / LR_QK, ng = k / w->group, bpg = w->group / LR_QK, ntile = mt / AMX_T;
     const int64_t np = (w->n + LR_PANEL - 1) / LR_PANEL;
-    int8_t *xa = (int8_t *)_mm_malloc((size_t)(mt * k), 64);
-    float *sv = has_m ? (float *)malloc((size_t)(mt * ng) * sizeof(float)) : NULL;
-    if (!xa || (has_m && !sv)) {
-        _mm_free(xa);
-        free(sv);
-        return 0;
-    }
+    /* the calling thread's scratch: activation tiles, then the offsets' S */
+    int8_t *xa = (int8_t *)lr_thread_scratch(LR_SCRATCH_ACT, (size_t)(mt * k) + (size_t)(mt * ng) * sizeof(float));
+    if (!xa) return 0;
+    float *sv = has_m ? (float *)(xa + mt * k) : NULL;
     const amx_ctx c = {w, a, y, ldy, xa, sv};
     /* activation tiles per pass: they stay in L2 (1 MiB of it) while the thread's panels stream by;
      * each pass widens every panel once more */
@@ -239,7 +236,7 @@ static int amx_part(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy, i
             }
         }
         const size_t tiles = (size_t)(nb * AMX_TILE), scales = (size_t)(2 * ng * AMX_T) * sizeof(float);
-        uint8_t *mem = (uint8_t *)_mm_malloc(tiles + scales + (4 + 1) * AMX_T * 16 * sizeof(float), 64);
+        uint8_t *mem = (uint8_t *)lr_thread_scratch(LR_SCRATCH_TILES, tiles + scales + (4 + 1) * AMX_T * 16 * sizeof(float));
         if (!mem) {
             ok = 0;
         } else {
@@ -269,11 +266,8 @@ static int amx_part(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy, i
                 }
             }
             _tile_release();
-            _mm_free(mem);
         }
     }
-    _mm_free(xa);
-    free(sv);
     return ok;
 }
 

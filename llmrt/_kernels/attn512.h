@@ -321,13 +321,14 @@ static void x86_attention(const lr_attn_args *a) {
          * read the cache directly), AT_GROUP rows of scores */
         const int64_t cap = (a->ctx + AT_KT - 1) / AT_KT * AT_KT;
         const int packed = a->n_tok > 1;
-        float *kt = packed ? (float *)malloc((size_t)(cap * hd) * sizeof(float)) : NULL;
-        float *vr = packed ? (float *)malloc((size_t)(cap * hd) * sizeof(float)) : NULL;
-        float *scores = (float *)malloc((size_t)(AT_GROUP * (cap + AT_KT)) * sizeof(float));
+        const size_t nkv = packed ? (size_t)(cap * hd) : 0, nsc = (size_t)(AT_GROUP * (cap + AT_KT));
+        float *kt = (float *)lr_thread_scratch(LR_SCRATCH_ATTN, (2 * nkv + nsc) * sizeof(float));
+        float *vr = kt ? kt + nkv : NULL;
+        float *scores = kt ? kt + 2 * nkv : NULL;
         /* every thread takes part in the loop (a worksharing loop must be met by all) */
         LR_OMP(for schedule(dynamic, 1))
         for (int64_t it = 0; it < items; it++) {
-            if ((packed && (!kt || !vr)) || !scores) {
+            if (!kt) {
                 ok = 0;
             } else if (!packed) {
                 const int32_t kvh = (int32_t)it;
@@ -373,9 +374,6 @@ static void x86_attention(const lr_attn_args *a) {
                 }
             }
         }
-        free(kt);
-        free(vr);
-        free(scores);
     }
     if (!ok) generic_attention(a);
 }

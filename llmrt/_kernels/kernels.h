@@ -70,6 +70,11 @@ int lr_panels_f16_exact(const lr_qmat *w);
 void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out);
 /* Row j of the panels dequantized (w = d*u + m as in the canonical form; j < n). */
 void lr_panel_row(const lr_qmat *w, int64_t j, float *out);
+
+/* A 64-byte aligned buffer of at least `bytes` owned by the calling thread and kept across calls
+ * (scratch.c), one per slot; its contents are not kept when it grows.  NULL when out of memory. */
+enum { LR_SCRATCH_ACT, LR_SCRATCH_TILES, LR_SCRATCH_ATTN, LR_SCRATCH_SLOTS };
+void *lr_thread_scratch(int slot, size_t bytes);
 /* w->panels -> canonical qs, d and m (m written only when w->panel_m). */
 void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m);
 
