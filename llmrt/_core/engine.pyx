@@ -396,7 +396,6 @@ cdef class Engine:
         cdef int64_t rows = toks.shape[0]
         cdef int64_t nseg = len(caches)
         cdef int64_t seg_rows = rows if nseg == 1 else 1
-        cdef const int64_t *tk = <const int64_t *> cnp.PyArray_DATA(toks)
         cdef float *x = <float *> cnp.PyArray_DATA(self.x)
         cdef float *h = <float *> cnp.PyArray_DATA(self.h)
         cdef float *h2 = <float *> cnp.PyArray_DATA(self.h2)

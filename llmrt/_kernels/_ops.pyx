@@ -24,6 +24,10 @@ QK = LR_QK
 TIER_NAMES = tuple(lr_tier_name(t).decode() for t in range(LR_N_TIERS))
 COMPUTE_DTYPES = {"int8": COMPUTE_INT8, "fp32": COMPUTE_FP32, "bf16": COMPUTE_BF16}
 
+# from this many rows on, the two-pass row work is split between the threads
+cdef enum:
+    PAR_ROWS = 16
+
 cdef const lr_kernels *_active = NULL
 cdef int _active_tier = 0
 
@@ -342,7 +346,7 @@ cdef class Linear:
             m = min(step, rows - r0)
             # pass 1 rows [0, m); the residual x - dequant(pass 1) as rows [m, 2 m)
             _active.quantize_act(x + r0 * ldx, ldx, m, k, self.scratch.q, self.scratch.d, self.scratch.s)
-            if m < 16:
+            if m < PAR_ROWS:
                 for r in range(m):
                     self._two_pass_residual(x + (r0 + r) * ldx, r)
             else:
@@ -351,7 +355,7 @@ cdef class Linear:
             _active.quantize_act(self.scratch.r, k, m, k, self.scratch.q + m * k, self.scratch.d + m * nb, self.scratch.s + m * nb)
             act.rows, act.k, act.q, act.d, act.sum = 2 * m, k, self.scratch.q, self.scratch.d, self.scratch.s
             self._qgemm_i8(&act, self.scratch.y, n)
-            if m < 16:
+            if m < PAR_ROWS:
                 for r in range(m):
                     self._two_pass_sum(y + (r0 + r) * ldy, r, m)
             else:

@@ -4,7 +4,8 @@ The kernels run on their own copy of every matrix (panels), so the pages of the 
 the repacking read would otherwise stay resident beside that copy and double the process's memory.
 A matrix read a row at a time (an untied embedding) stays mapped; a page fault maps a whole
 page-cache folio (up to 2 MiB on recent kernels, whatever the access advice), so scattered lookups
-would make all of it resident: its rows are given back window by window as they are read.
+would make all of it resident: the engine gives its pages back once rows of a few windows have been
+read (``row_release``).
 This is the one OS-specific spot: where ``madvise(MADV_DONTNEED)`` is missing, it does nothing."""
 from __future__ import annotations
 
