@@ -3,8 +3,9 @@
  * Work items are (kv head, block of query tokens): the keys an item can see are converted once to
  * fp32 and transposed into tiles of 16 keys x head_dim, so one query row's scores for 16 keys are
  * head_dim FMAs of a broadcast query element, and every query head of the kv head's group (GQA)
- * reuses the converted tiles; values are converted once into fp32 rows.  Softmax and the weighted
- * sum of values run in fp32 on vectors.  Same semantics as generic_attention (kernels.h). */
+ * reuses the converted tiles; values are converted once into fp32 rows.  A single token (decode)
+ * reads the cache directly instead (at_kv).  Softmax and the weighted sum of values run in fp32 on
+ * vectors.  Same semantics as generic_attention (kernels.h). */
 #ifndef LLMRT_ATTN512_H
 #define LLMRT_ATTN512_H
 
@@ -78,87 +79,6 @@ static void at_pack_values(const lr_attn_args *a, const void *vbase, int64_t j0,
         }
 }
 
-/* One query row (token position pos, head h) over keys [lo, pos] of the packed range from j0. */
-static void at_row(const lr_attn_args *a, int32_t h, int64_t pos, int64_t lo, int64_t j0, const float *qh,
-                   const float *kt, const float *vr, float *scores, float *oh) {
-    const int32_t hd = a->head_dim;
-    const __m512 scale = _mm512_set1_ps(a->scale);
-    const float slope = a->alibi_slopes ? a->alibi_slopes[h] : 0.0f;
-    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const int64_t t0 = (lo - j0) / AT_KT, t1 = (pos - j0) / AT_KT;
-    __m512 vmax = _mm512_set1_ps(-INFINITY);
-    for (int64_t t = t0; t <= t1; t++) {
-        const float *tile = kt + t * hd * AT_KT;
-        /* four accumulators: the FMA latency, not the FMA rate, bounds one chain */
-        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
-        int32_t d = 0;
-        for (; d + 3 < hd; d += 4) {
-            s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(tile + d * AT_KT), s0);
-            s1 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 1]), _mm512_loadu_ps(tile + (d + 1) * AT_KT), s1);
-            s2 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 2]), _mm512_loadu_ps(tile + (d + 2) * AT_KT), s2);
-            s3 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d + 3]), _mm512_loadu_ps(tile + (d + 3) * AT_KT), s3);
-        }
-        for (; d < hd; d++) s0 = _mm512_fmadd_ps(_mm512_set1_ps(qh[d]), _mm512_loadu_ps(tile + d * AT_KT), s0);
-        s0 = _mm512_add_ps(s0, s2);
-        s1 = _mm512_add_ps(s1, s3);
-        __m512 s = _mm512_mul_ps(scale, _mm512_add_ps(s0, s1));
-        const int64_t jt = j0 + t * AT_KT;   /* key position of lane 0 */
-        if (a->alibi_slopes)
-            s = _mm512_fmadd_ps(_mm512_set1_ps(slope), _mm512_add_ps(lane, _mm512_set1_ps((float)(jt - pos))), s);
-        /* lanes outside [lo, pos] do not take part */
-        const int64_t first = lo > jt ? lo - jt : 0, last = pos - jt;   /* inclusive lane range */
-        const __mmask16 in = (__mmask16)(((last >= 15 ? 0xFFFFu : (2u << last) - 1u)) & ~((1u << first) - 1u));
-        s = _mm512_mask_blend_ps(in, _mm512_set1_ps(-INFINITY), s);
-        _mm512_storeu_ps(scores + (t - t0) * AT_KT, s);
-        vmax = _mm512_max_ps(vmax, s);
-    }
-    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-    __m512 vsum = _mm512_setzero_ps();
-    const int64_t ns = (t1 - t0 + 1) * AT_KT;
-    for (int64_t i = 0; i < ns; i += 16) {
-        const __m512 e = vm_exp(_mm512_sub_ps(_mm512_loadu_ps(scores + i), mx));
-        _mm512_storeu_ps(scores + i, e);   /* masked lanes: e^-inf = 0 */
-        vsum = _mm512_add_ps(vsum, e);
-    }
-    const float denom = _mm512_reduce_add_ps(vsum);
-    const float inv = denom > 0.0f ? 1.0f / denom : 0.0f;
-    /* out = sum_j p_j v_j over the real keys only */
-    const int64_t jlo = lo, jbase = j0 + t0 * AT_KT;
-    for (int32_t d0 = 0; d0 < hd; d0 += 64) {
-        const int32_t nd = hd - d0 < 64 ? hd - d0 : 64;
-        __mmask16 m[4];
-        __m512 acc[4];
-        for (int c = 0; c < 4; c++) {
-            const int32_t left = nd - 16 * c;
-            m[c] = (__mmask16)(left >= 16 ? 0xFFFF : (left > 0 ? (1u << left) - 1 : 0));
-            acc[c] = _mm512_setzero_ps();
-        }
-        /* two keys per step into two sets of accumulators (latency-bound chains otherwise) */
-        __m512 acc2[4];
-        for (int c = 0; c < 4; c++) acc2[c] = _mm512_setzero_ps();
-        int64_t j = jlo;
-        for (; j + 1 <= pos; j += 2) {
-            const __m512 p0 = _mm512_set1_ps(scores[j - jbase]), p1 = _mm512_set1_ps(scores[j + 1 - jbase]);
-            const float *v0 = vr + (j - j0) * hd + d0, *v1 = v0 + hd;
-            LR_UNROLL for (int c = 0; c < 4; c++)
-                if (m[c]) {
-                    acc[c] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m[c], v0 + 16 * c), acc[c]);
-                    acc2[c] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m[c], v1 + 16 * c), acc2[c]);
-                }
-        }
-        if (j <= pos) {
-            const __m512 p0 = _mm512_set1_ps(scores[j - jbase]);
-            const float *v0 = vr + (j - j0) * hd + d0;
-            LR_UNROLL for (int c = 0; c < 4; c++)
-                if (m[c]) acc[c] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m[c], v0 + 16 * c), acc[c]);
-        }
-        for (int c = 0; c < 4; c++) acc[c] = _mm512_add_ps(acc[c], acc2[c]);
-        const __m512 iv = _mm512_set1_ps(inv);
-        for (int c = 0; c < 4; c++)
-            if (m[c]) _mm512_mask_storeu_ps(oh + d0 + 16 * c, m[c], _mm512_mul_ps(acc[c], iv));
-    }
-}
-
 #define AT_GROUP 8   /* query heads of one kv head processed together */
 
 /* Raw scores sc[h] of NH heads h0.. for the 16 keys from position jt: scaled, ALiBi-biased, keys
@@ -196,13 +116,23 @@ LR_INLINE void at_softmax(const int NH, float *scores, int64_t ns, const __m512 
     }
 }
 
-/* NH query heads h0.. of one kv head (one token at position pos) together: every key tile row and
- * every value row is loaded once for all of them, and the NH independent accumulators hide the FMA
- * latency.  scores: NH rows of the tile range. */
-LR_INLINE void at_heads(const lr_attn_args *a, int32_t h0, const int NH, int64_t pos, int64_t lo, int64_t j0,
-                        const float *qrow, const float *kt, const float *vr, float *scores, float *orow) {
+/* Where the keys and values of one kv head come from: packed (key tiles kt and value rows vr of the
+ * range from key j0, see at_pack_keys / at_pack_values) or, for a single token, the cache rows kb
+ * and vb read directly (j0 = 0): each 16-key tile is converted and transposed in registers and used
+ * at once, values converted as they are read, since one token would not amortize the packing. */
+typedef struct {
+    const float *kt, *vr;
+    const void *kb, *vb;
+    int64_t j0;
+} at_kv;
+
+/* NH query heads h0.. of one kv head, one token at position pos, over keys [lo, pos]: every key
+ * tile row and value row is loaded once for all NH heads, and CH accumulator chains per head (NH *
+ * CH independent chains) hide the FMA latency of the scores.  scores: NH rows of the tile range. */
+LR_INLINE void at_heads(const lr_attn_args *a, int32_t h0, const int NH, const int CH, const int DIRECT,
+                        const at_kv *kv, int64_t pos, int64_t lo, const float *qrow, float *scores, float *orow) {
     const int32_t hd = a->head_dim;
-    const int64_t t0 = (lo - j0) / AT_KT, t1 = (pos - j0) / AT_KT, ns = (t1 - t0 + 1) * AT_KT;
+    const int64_t j0 = kv->j0, t0 = (lo - j0) / AT_KT, t1 = (pos - j0) / AT_KT, ns = (t1 - t0 + 1) * AT_KT;
     const int64_t jbase = j0 + t0 * AT_KT;
     const float *qh[AT_GROUP];
     __m512 vmax[AT_GROUP];
@@ -211,60 +141,36 @@ LR_INLINE void at_heads(const lr_attn_args *a, int32_t h0, const int NH, int64_t
         vmax[h] = _mm512_set1_ps(-INFINITY);
     }
     for (int64_t t = t0; t <= t1; t++) {
-        const float *tile = kt + t * hd * AT_KT;
-        __m512 sc[AT_GROUP];
-        LR_UNROLL for (int h = 0; h < NH; h++) sc[h] = _mm512_setzero_ps();
-        for (int32_t d = 0; d < hd; d++) {
-            const __m512 kv = _mm512_loadu_ps(tile + d * AT_KT);
-            LR_UNROLL for (int h = 0; h < NH; h++) sc[h] = _mm512_fmadd_ps(_mm512_set1_ps(qh[h][d]), kv, sc[h]);
-        }
-        at_tile_scores(a, h0, NH, sc, j0 + t * AT_KT, pos, lo, scores, ns, (t - t0) * AT_KT, vmax);
-    }
-    float inv[AT_GROUP];
-    at_softmax(NH, scores, ns, vmax, inv);
-    for (int32_t d0 = 0; d0 < hd; d0 += 16) {
-        const __mmask16 md = (__mmask16)(hd - d0 >= 16 ? 0xFFFF : (1u << (hd - d0)) - 1);
-        __m512 acc[AT_GROUP];
-        LR_UNROLL for (int h = 0; h < NH; h++) acc[h] = _mm512_setzero_ps();
-        for (int64_t j = lo; j <= pos; j++) {
-            const __m512 v = _mm512_maskz_loadu_ps(md, vr + (j - j0) * hd + d0);
-            LR_UNROLL for (int h = 0; h < NH; h++)
-                acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(scores[h * ns + j - jbase]), v, acc[h]);
-        }
-        LR_UNROLL for (int h = 0; h < NH; h++)
-            _mm512_mask_storeu_ps(orow + (int64_t)(h0 + h) * hd + d0, md, _mm512_mul_ps(acc[h], _mm512_set1_ps(inv[h])));
-    }
-}
-
-/* One token (position pos) for NH query heads h0.. of one kv head, reading the cache directly: each
- * 16-key tile is converted and transposed in registers and used at once, and value rows are
- * converted as they are read.  A single token would not amortize packing the keys and values into
- * buffers (decode).  CH accumulator chains per head hide the FMA latency when NH is small.
- * scores: NH rows of the key tiles from tile lo / 16. */
-LR_INLINE void at_heads_direct(const lr_attn_args *a, int32_t h0, const int NH, const int CH, int64_t pos, int64_t lo,
-                               const void *kb, const void *vb, const float *qrow, float *scores, float *orow) {
-    const int32_t hd = a->head_dim;
-    const int64_t t0 = lo / AT_KT, t1 = pos / AT_KT, ns = (t1 - t0 + 1) * AT_KT, jbase = t0 * AT_KT;
-    const float *qh[AT_GROUP];
-    __m512 vmax[AT_GROUP];
-    LR_UNROLL for (int h = 0; h < NH; h++) {
-        qh[h] = qrow + (int64_t)(h0 + h) * hd;
-        vmax[h] = _mm512_set1_ps(-INFINITY);
-    }
-    for (int64_t t = t0; t <= t1; t++) {
-        const int64_t jt = t * AT_KT;
+        const int64_t jt = j0 + t * AT_KT;
         __m512 sc[AT_GROUP][4];
         LR_UNROLL for (int h = 0; h < NH; h++) LR_UNROLL for (int c = 0; c < CH; c++) sc[h][c] = _mm512_setzero_ps();
-        for (int32_t d0 = 0; d0 < hd; d0 += 16) {
-            const int32_t nd = hd - d0 >= 16 ? 16 : hd - d0;
-            const __mmask16 m = (__mmask16)(nd == 16 ? 0xFFFF : (1u << nd) - 1);
-            __m512 r[16];
-            LR_UNROLL for (int l = 0; l < AT_KT; l++)
-                r[l] = jt + l <= pos ? at_load(kb, a->kv_f16, (jt + l) * hd + d0, m) : _mm512_setzero_ps();
-            at_transpose16(r);
-            for (int32_t d = 0; d < nd; d++)
-                LR_UNROLL for (int h = 0; h < NH; h++)
-                    sc[h][d % CH] = _mm512_fmadd_ps(_mm512_set1_ps(qh[h][d0 + d]), r[d], sc[h][d % CH]);
+        if (DIRECT) {
+            for (int32_t d0 = 0; d0 < hd; d0 += 16) {
+                const int32_t nd = hd - d0 >= 16 ? 16 : hd - d0;
+                const __mmask16 m = (__mmask16)(nd == 16 ? 0xFFFF : (1u << nd) - 1);
+                __m512 r[16];
+                LR_UNROLL for (int l = 0; l < AT_KT; l++)
+                    r[l] = jt + l <= pos ? at_load(kv->kb, a->kv_f16, (jt + l) * hd + d0, m) : _mm512_setzero_ps();
+                at_transpose16(r);
+                /* dims d of chain d % CH, unrolled so the chains stay in registers */
+                LR_UNROLL for (int32_t d = 0; d < 16; d++)
+                    if (d < nd)
+                        LR_UNROLL for (int h = 0; h < NH; h++)
+                            sc[h][d % CH] = _mm512_fmadd_ps(_mm512_set1_ps(qh[h][d0 + d]), r[d], sc[h][d % CH]);
+            }
+        } else {
+            const float *tile = kv->kt + t * hd * AT_KT;
+            int32_t d = 0;
+            for (; d + CH <= hd; d += CH)
+                LR_UNROLL for (int c = 0; c < CH; c++) {
+                    const __m512 kr = _mm512_loadu_ps(tile + (d + c) * AT_KT);
+                    LR_UNROLL for (int h = 0; h < NH; h++)
+                        sc[h][c] = _mm512_fmadd_ps(_mm512_set1_ps(qh[h][d + c]), kr, sc[h][c]);
+                }
+            for (; d < hd; d++) {
+                const __m512 kr = _mm512_loadu_ps(tile + d * AT_KT);
+                LR_UNROLL for (int h = 0; h < NH; h++) sc[h][0] = _mm512_fmadd_ps(_mm512_set1_ps(qh[h][d]), kr, sc[h][0]);
+            }
         }
         __m512 sum[AT_GROUP];
         LR_UNROLL for (int h = 0; h < NH; h++) {
@@ -275,38 +181,51 @@ LR_INLINE void at_heads_direct(const lr_attn_args *a, int32_t h0, const int NH, 
     }
     float inv[AT_GROUP];
     at_softmax(NH, scores, ns, vmax, inv);
-    for (int32_t d0 = 0; d0 < hd; d0 += 16) {
-        const __mmask16 md = (__mmask16)(hd - d0 >= 16 ? 0xFFFF : (1u << (hd - d0)) - 1);
-        __m512 acc[AT_GROUP][4];
-        LR_UNROLL for (int h = 0; h < NH; h++) LR_UNROLL for (int c = 0; c < CH; c++) acc[h][c] = _mm512_setzero_ps();
+    /* out = sum_j p_j v_j: DV vectors of 16 dims per pass and PC keys per step, so that NH * DV * PC
+     * independent accumulators hide the FMA latency (8 heads: 1 x 1; one head: 4 x 2) */
+    const int DV = NH >= 4 ? 1 : 4, PC = NH >= 4 ? 1 : 2;
+    for (int32_t d0 = 0; d0 < hd; d0 += 16 * DV) {
+        __mmask16 md[4];
+        __m512 acc[AT_GROUP][2][4];
+        LR_UNROLL for (int v = 0; v < DV; v++) {
+            const int32_t left = hd - d0 - 16 * v;
+            md[v] = (__mmask16)(left >= 16 ? 0xFFFF : (left > 0 ? (1u << left) - 1 : 0));
+            LR_UNROLL for (int h = 0; h < NH; h++) LR_UNROLL for (int c = 0; c < PC; c++) acc[h][c][v] = _mm512_setzero_ps();
+        }
+#define AT_PV(C, J)                                                                                        \
+    LR_UNROLL for (int v = 0; v < DV; v++)                                                                 \
+        if (md[v]) {                                                                                       \
+            const int32_t dd = d0 + 16 * v;                                                                \
+            const __m512 val = DIRECT ? at_load(kv->vb, a->kv_f16, (J) * hd + dd, md[v])                  \
+                                      : _mm512_maskz_loadu_ps(md[v], kv->vr + ((J) - j0) * hd + dd);       \
+            LR_UNROLL for (int h = 0; h < NH; h++)                                                         \
+                acc[h][C][v] = _mm512_fmadd_ps(_mm512_set1_ps(scores[h * ns + (J) - jbase]), val, acc[h][C][v]); \
+        }
         int64_t j = lo;
-        for (; j + CH - 1 <= pos; j += CH)
-            LR_UNROLL for (int c = 0; c < CH; c++) {
-                const __m512 v = at_load(vb, a->kv_f16, (j + c) * hd + d0, md);
-                LR_UNROLL for (int h = 0; h < NH; h++)
-                    acc[h][c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[h * ns + j + c - jbase]), v, acc[h][c]);
-            }
-        for (; j <= pos; j++) {
-            const __m512 v = at_load(vb, a->kv_f16, j * hd + d0, md);
-            LR_UNROLL for (int h = 0; h < NH; h++)
-                acc[h][0] = _mm512_fmadd_ps(_mm512_set1_ps(scores[h * ns + j - jbase]), v, acc[h][0]);
-        }
-        LR_UNROLL for (int h = 0; h < NH; h++) {
-            __m512 o = acc[h][0];
-            LR_UNROLL for (int c = 1; c < CH; c++) o = _mm512_add_ps(o, acc[h][c]);
-            _mm512_mask_storeu_ps(orow + (int64_t)(h0 + h) * hd + d0, md, _mm512_mul_ps(o, _mm512_set1_ps(inv[h])));
-        }
+        for (; j + PC - 1 <= pos; j += PC)
+            LR_UNROLL for (int c = 0; c < PC; c++) AT_PV(c, j + c)
+        for (; j <= pos; j++) AT_PV(0, j)
+#undef AT_PV
+        LR_UNROLL for (int v = 0; v < DV; v++)
+            if (md[v])
+                LR_UNROLL for (int h = 0; h < NH; h++) {
+                    __m512 o = acc[h][0][v];
+                    LR_UNROLL for (int c = 1; c < PC; c++) o = _mm512_add_ps(o, acc[h][c][v]);
+                    _mm512_mask_storeu_ps(orow + (int64_t)(h0 + h) * hd + d0 + 16 * v, md[v],
+                                          _mm512_mul_ps(o, _mm512_set1_ps(inv[h])));
+                }
     }
 }
 
-/* Every query head of kv head kvh for the single token at position pos (lo: first visible key). */
-static void at_token_direct(const lr_attn_args *a, int32_t kvh, int64_t pos, int64_t lo, const void *kb,
-                            const void *vb, const float *qrow, float *scores, float *orow) {
+/* Every query head of kv head kvh for the token at position pos (lo: first visible key): groups of
+ * 8 or 4 heads together, single heads (MHA) with 4 chains each. */
+LR_INLINE void at_group(const lr_attn_args *a, int32_t kvh, const int DIRECT, const at_kv *kv, int64_t pos,
+                        int64_t lo, const float *qrow, float *scores, float *orow) {
     const int32_t group = a->n_head / a->n_kv_head, h1 = (kvh + 1) * group;
     int32_t h = kvh * group;
-    for (; h + 8 <= h1; h += 8) at_heads_direct(a, h, 8, 1, pos, lo, kb, vb, qrow, scores, orow);
-    for (; h + 4 <= h1; h += 4) at_heads_direct(a, h, 4, 1, pos, lo, kb, vb, qrow, scores, orow);
-    for (; h < h1; h++) at_heads_direct(a, h, 1, 4, pos, lo, kb, vb, qrow, scores, orow);
+    for (; h + 8 <= h1; h += 8) at_heads(a, h, 8, 1, DIRECT, kv, pos, lo, qrow, scores, orow);
+    for (; h + 4 <= h1; h += 4) at_heads(a, h, 4, 1, DIRECT, kv, pos, lo, qrow, scores, orow);
+    for (; h < h1; h++) at_heads(a, h, 1, 4, DIRECT, kv, pos, lo, qrow, scores, orow);
 }
 
 static void x86_attention(const lr_attn_args *a) {
@@ -338,9 +257,9 @@ static void x86_attention(const lr_attn_args *a) {
                 if (lo > a->pos0) {
                     memset(orow + (int64_t)kvh * group * hd, 0, (size_t)group * hd * sizeof(float));
                 } else {
-                    const char *kb = (const char *)a->k_cache + (size_t)(kvh * kv_stride) * esize;
-                    const char *vb = (const char *)a->v_cache + (size_t)(kvh * kv_stride) * esize;
-                    at_token_direct(a, kvh, a->pos0, lo, kb, vb, a->q, scores, orow);
+                    const at_kv kv = {NULL, NULL, (const char *)a->k_cache + (size_t)(kvh * kv_stride) * esize,
+                                      (const char *)a->v_cache + (size_t)(kvh * kv_stride) * esize, 0};
+                    at_group(a, kvh, 1, &kv, a->pos0, lo, a->q, scores, orow);
                 }
             } else {
                 const int32_t kvh = (int32_t)(it % a->n_kv_head);
@@ -354,6 +273,7 @@ static void x86_attention(const lr_attn_args *a) {
                 const char *vb = (const char *)a->v_cache + (size_t)(kvh * kv_stride) * esize;
                 at_pack_keys(a, kb, j0, j1, kt);
                 at_pack_values(a, vb, j0, j1, vr);
+                const at_kv kv = {kt, vr, NULL, NULL, j0};
                 for (int64_t t = tb0; t < tb1; t++) {
                     const int64_t pos = a->pos0 + t;
                     int64_t lo = a->kv_begin;
@@ -364,13 +284,7 @@ static void x86_attention(const lr_attn_args *a) {
                         memset(orow + (int64_t)kvh * group * hd, 0, (size_t)group * hd * sizeof(float));
                         continue;
                     }
-                    int32_t h = kvh * group;
-                    const int32_t h1 = (kvh + 1) * group;
-                    /* groups of 8 or 4 heads together; single heads (MHA) on their own 4-chain code */
-                    for (; h + 8 <= h1; h += 8) at_heads(a, h, 8, pos, lo, j0, qrow, kt, vr, scores, orow);
-                    for (; h + 4 <= h1; h += 4) at_heads(a, h, 4, pos, lo, j0, qrow, kt, vr, scores, orow);
-                    for (; h < h1; h++)
-                        at_row(a, h, pos, lo, j0, qrow + (int64_t)h * hd, kt, vr, scores, orow + (int64_t)h * hd);
+                    at_group(a, kvh, 0, &kv, pos, lo, qrow, scores, orow);
                 }
             }
         }
