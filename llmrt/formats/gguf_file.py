@@ -1,4 +1,4 @@
-"""Read GGUF files (v2/v3, little-endian) zero-copy with the ``gguf`` package.
+"""Read GGUF files (v2/v3, little-endian) zero-copy (header parsed by :mod:`gguf_header`).
 
 Tensors come back as views of one read-only ``np.memmap``: F32/F16 (and the integer/F64 types)
 as plain arrays in NumPy order (reversed ``ne``: a matrix is ``(ne[1], ne[0])``), Q4_0/Q4_1/Q8_0 as
@@ -18,6 +18,7 @@ import numpy as np
 from llmrt.formats import _identity
 from llmrt.formats.blocks import QuantFormat
 from llmrt.formats.errors import ModelFileError, file_error
+from llmrt.formats.gguf_header import HeaderError, check_tensor_layout, parse_header
 
 __all__ = ["GGUFFile", "GGUFTensorInfo", "is_gguf_file", "unpermute_rotary_rows", "permute_rotary_rows"]
 
@@ -51,54 +52,6 @@ class GGUFTensorInfo:
         return self.ggml_type in _BLOCK_TYPES or self.ggml_type in _DENSE_TYPES
 
 
-class _ShortRead(Exception):
-    def __init__(self, offset: int, want: int, have: int, in_data: bool) -> None:
-        super().__init__(offset, want, have)
-        self.offset, self.want, self.have, self.in_data = offset, want, have, in_data
-
-
-_CHECKED_READER = None
-
-
-def _checked_reader_class():
-    """A GGUFReader that raises on reads past the end of the file.
-
-    The stock reader silently returns short arrays there: a truncated file then fails with an
-    unrelated reshape error, and a corrupt array length can make it loop for a very long time on
-    empty reads.  Every read goes through ``_get`` (private API: should it disappear, this check
-    just stops applying).  Costs ~10% of the parse time."""
-    global _CHECKED_READER
-    if _CHECKED_READER is not None:
-        return _CHECKED_READER
-    from gguf import GGUFReader
-
-    class _CheckedReader(GGUFReader):
-        def _get(self, offset, dtype, count=1, *args, **kwargs):  # type: ignore[override]
-            want = int(count) * np.dtype(dtype).itemsize
-            if int(offset) + want > len(self.data):
-                in_data = offset >= getattr(self, "data_offset", 1 << 62)
-                raise _ShortRead(int(offset), want, max(0, len(self.data) - int(offset)), in_data)
-            return super()._get(offset, dtype, count, *args, **kwargs)
-
-    _CHECKED_READER = _CheckedReader
-    return _CheckedReader
-
-
-def _field_value(field: Any) -> Any:
-    """A GGUF metadata value as plain Python (str, int, float, bool, list)."""
-    try:
-        return field.contents()
-    except UnicodeDecodeError:
-        # Some vocabularies hold byte strings that are not UTF-8: keep their bytes recoverable
-        # (s.encode("utf-8", "surrogateescape")) rather than failing or replacing them.
-        def dec(part: np.ndarray) -> str:
-            return bytes(part).decode("utf-8", "surrogateescape")
-        from gguf import GGUFValueType
-        if field.types[0] == GGUFValueType.ARRAY:
-            return [dec(field.parts[i]) for i in field.data]
-        return dec(field.parts[-1])
-
-
 class GGUFFile:
     """A memory-mapped GGUF file: ``metadata`` (plain dict) and zero-copy tensors.
 
@@ -114,39 +67,38 @@ class GGUFFile:
         if self.path.is_dir():
             raise IsADirectoryError(f"{self.path} is a directory, not a GGUF file")
         self.version = self._check_preamble()
-        try:
-            reader = _checked_reader_class()(self.path, "r")
-        except _ShortRead as sr:
-            raise self._short_read_error(sr) from None
-        except Exception as exc:  # the gguf package raises assorted errors on damaged files
-            raise file_error(self.path, f"has a corrupt GGUF header ({type(exc).__name__}: {exc})",
-                             "the file is damaged or was written by an incompatible tool; fetch it again "
-                             "or re-convert it") from exc
-        if reader.byte_order != "I":
-            raise file_error(self.path, "is a big-endian GGUF file", "llmrt reads little-endian GGUF files only; "
-                             "convert it with gguf-py's scripts/gguf_convert_endian.py")
-        # the reader itself is not kept: its field objects (one NumPy view per vocabulary string,
-        # ~200k of them for a 49k-token vocabulary) would hold over 100 MB
-        self._data: np.memmap = reader.data
-        self.data_offset = int(reader.data_offset)
-        self.alignment = int(reader.alignment)
-        self.metadata: dict[str, Any] = {
-            name: _field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")
-        }
+        self._data: np.memmap = np.memmap(self.path, dtype=np.uint8, mode="r")
         size = len(self._data)
+        try:
+            header = parse_header(memoryview(self._data), SUPPORTED_VERSIONS)
+        except HeaderError as e:
+            if e.short:
+                raise file_error(self.path, f"has a corrupt or truncated header: {e}",
+                                 "the file is damaged or was cut short; fetch it again or re-convert it") from None
+            raise file_error(self.path, f"has a corrupt GGUF header ({e})",
+                             "the file is damaged or was written by an incompatible tool; fetch it again "
+                             "or re-convert it") from None
+        self.data_offset = header.data_offset
+        self.alignment = header.alignment
+        self.metadata: dict[str, Any] = header.metadata
+        problem = check_tensor_layout(header, size)
+        if problem:
+            raise file_error(self.path, f"has a corrupt tensor table: {problem}",
+                             "the file is damaged or was written by a faulty tool; fetch it again or re-convert it")
         infos: dict[str, GGUFTensorInfo] = {}
-        for t in reader.tensors:
-            tname = t.tensor_type.name
-            shape = tuple(int(s) for s in reversed(t.shape.tolist()))
-            fmt = QuantFormat.gguf(_BLOCK_TYPES[tname]) if tname in _BLOCK_TYPES else None
-            end = int(t.data_offset) + int(t.n_bytes)
-            if end > size:  # normally caught while parsing; kept as a guard for other readers
+        for t in header.tensors:
+            if t.name in infos:
+                raise file_error(self.path, f"has a corrupt tensor table: tensor {t.name!r} appears twice",
+                                 "the file is damaged or was written by a faulty tool; re-convert it")
+            start = self.data_offset + t.offset
+            end = start + t.nbytes
+            if end > size:
                 raise file_error(self.path, f"is truncated: tensor {t.name!r} ends at byte {end} but the file "
                                  f"has {size} bytes", "the download or copy was cut short; fetch the file again")
-            infos[t.name] = GGUFTensorInfo(t.name, tname, shape, int(t.data_offset), int(t.n_bytes), fmt)
+            shape = tuple(reversed(t.ne))
+            fmt = QuantFormat.gguf(_BLOCK_TYPES[t.ggml_type]) if t.ggml_type in _BLOCK_TYPES else None
+            infos[t.name] = GGUFTensorInfo(t.name, t.ggml_type, shape, start, t.nbytes, fmt)
         self.tensor_info: dict[str, GGUFTensorInfo] = infos
-        self._views = {t.name: t.data for t in reader.tensors}
-        del reader
 
     # ---- validation helpers
     def _check_preamble(self) -> int:
@@ -169,16 +121,6 @@ class GGUFFile:
                              "re-convert it with a current llama.cpp, or upgrade the gguf package and llmrt")
         return version
 
-    def _short_read_error(self, sr: _ShortRead) -> ModelFileError:
-        size = self.path.stat().st_size
-        if sr.in_data:
-            return file_error(self.path, f"is truncated: the tensor table places data up to byte "
-                              f"{sr.offset + sr.want} but the file has {size} bytes",
-                              "the download or copy was cut short; fetch the file again")
-        return file_error(self.path, f"has a corrupt or truncated header: a field at byte {sr.offset} "
-                          f"needs {sr.want} bytes but only {sr.have} remain",
-                          "the file is damaged or was cut short; fetch it again or re-convert it")
-
     # ---- mapping-like access
     @property
     def tensor_names(self) -> list[str]:
@@ -198,7 +140,7 @@ class GGUFFile:
         info = self.tensor_info.get(name)
         if info is None:
             raise KeyError(f"{self.path} has no tensor {name!r}")
-        view = self._views[name]
+        view = self._view(info)
         if info.fmt is not None:
             return view.view(info.fmt.dtype_for(info.shape[-1])), info.fmt
         if info.ggml_type in _DENSE_TYPES:
@@ -207,6 +149,13 @@ class GGUFFile:
             f"{self.path}: tensor {name!r} has GGML type {info.ggml_type}, which llmrt cannot read yet "
             f"(supported: {', '.join([*_DENSE_TYPES, *_BLOCK_TYPES])}); use a GGUF quantized to Q4_0, Q4_1, "
             f"Q8_0 or F16, or load the Hugging Face checkpoint instead")
+
+    def _view(self, info: GGUFTensorInfo) -> np.ndarray:
+        raw = self._data[info.offset:info.offset + info.nbytes]
+        if info.ggml_type in _DENSE_TYPES:
+            return raw.view(_DENSE_TYPES[info.ggml_type]).reshape(info.shape)
+        # block types: one row of bytes per row of elements
+        return raw.reshape(*info.shape[:-1], -1)
 
     def iter_tensors(self) -> Iterator[tuple[str, np.ndarray, QuantFormat | None]]:
         """(name, array, format) for every tensor in file order."""
