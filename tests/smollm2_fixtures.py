@@ -5,11 +5,9 @@ Everything built here is cached under ~/.cache/llmrt-tests (override with LLMRT_
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -22,7 +20,7 @@ N_WINDOWS = 16
 
 
 def smollm2_gguf_path() -> Path:
-    from llmrt.cli import default_model_path
+    from llmrt.hub import default_model_path
     try:
         return default_model_path()
     except FileNotFoundError as e:
@@ -53,35 +51,21 @@ def build_hf_reference(gguf: Path, out: Path) -> Path:
 
 
 def python_docs_sources() -> Path:
-    """The reST sources of the Python 3.11 docs, from Debian's python3.11-doc package."""
-    env = os.environ.get("LLMRT_PYDOC_DIR")
-    if env and Path(env, "tutorial").is_dir():
-        return Path(env)
-    root = CACHE / "python3.11-doc"
-    src = root / "usr/share/doc/python3.11/html/_sources"
-    if (src / "tutorial").is_dir():
-        return src
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        def download() -> bool:
-            return subprocess.run(["apt-get", "download", "python3.11-doc"], cwd=tmp,
-                                  capture_output=True).returncode == 0
-        if not download():
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-            if not download():
-                pytest.fail("the perplexity tests need Debian's python3.11-doc package: run "
-                            "`apt-get download python3.11-doc && dpkg -x python3.11-doc_*.deb DIR` and set "
-                            "LLMRT_PYDOC_DIR=DIR/usr/share/doc/python3.11/html/_sources")
-        deb = glob.glob(os.path.join(tmp, "python3.11-doc_*.deb"))[0]
-        subprocess.run(["dpkg", "-x", deb, str(root)], check=True)
-    return src
+    """The reST sources of the Python 3.11 docs, from Debian's python3.11-doc package (cached under CACHE)."""
+    from llmrt.textdata import TextDataError, python_docs_sources as fetch
+    try:
+        return fetch(CACHE)
+    except TextDataError as e:
+        pytest.fail(f"the perplexity tests need Debian's python3.11-doc package: {e}")
 
 
 def tutorial_text() -> str:
-    files = sorted(glob.glob(str(python_docs_sources() / "tutorial" / "*.txt")))
-    if not files:
-        pytest.fail("no tutorial sources found in the python3.11-doc package")
-    return "\n\n".join(Path(f).read_text(encoding="utf-8") for f in files)
+    from llmrt.textdata import TextDataError, python_tutorial_text
+    python_docs_sources()           # fetch failures end here, with the fixture's message
+    try:
+        return python_tutorial_text(CACHE)
+    except TextDataError as e:
+        pytest.fail(f"no tutorial sources found in the python3.11-doc package: {e}")
 
 
 def tutorial_windows(tokenizer) -> list[np.ndarray]:

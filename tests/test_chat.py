@@ -171,7 +171,7 @@ def test_chat_reuses_the_cache_and_matches_from_scratch(models_pair, char_tokeni
 @pytest.fixture(scope="module")
 def smollm2():
     from smollm2_fixtures import smollm2_gguf_path
-    from llmrt.cli import load_tokenizer
+    from llmrt.tokenization import load_tokenizer
     path = smollm2_gguf_path()
     # fp32 compute: the answers do not depend on int8 rounding
     return path, load_tokenizer(path)

@@ -156,7 +156,7 @@ N_NEW, SMOL_CTX = 2560, 256
 @pytest.fixture(scope="module")
 def smollm2():
     from smollm2_fixtures import smollm2_gguf_path, tutorial_text
-    from llmrt.cli import load_tokenizer
+    from llmrt.tokenization import load_tokenizer
     path = smollm2_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = load_tokenizer(path)

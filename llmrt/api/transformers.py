@@ -26,12 +26,13 @@ class AutoModelForCausalLM:
             kwargs.pop(ignored, None)
         compute_dtype = kwargs.pop("compute_dtype", None)
         cache_dir = kwargs.pop("cache_dir", None)
+        engine = {k: kwargs.pop(k) for k in ("max_chunk", "progress") if k in kwargs}
         if kwargs:
             raise TypeError(f"from_pretrained() got unsupported arguments: {', '.join(sorted(kwargs))}")
         return Model.from_pretrained(pretrained_model_name_or_path, quantization_config,
                                      load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit, gguf_file=gguf_file,
                                      compute_dtype=compute_dtype, use_cache=use_cache, cache_dir=cache_dir,
-                                     memory_dtype=memory_dtype, trust_remote_code=trust_remote_code)
+                                     memory_dtype=memory_dtype, trust_remote_code=trust_remote_code, **engine)
 
 
 __all__ = ["AutoModelForCausalLM", "WeightOnlyQuantConfig"]

@@ -92,7 +92,8 @@ class StoppingCheck:
 
 class StreamerHook:
     """transformers' streamer protocol: put(prompt ids (batch, seq)), put(new tokens (batch,)) per
-    step, end()."""
+    step, end().  A streamer with `accepts_numpy = True` gets NumPy arrays even when torch is
+    installed (llmrt's own streamers: importing torch would cost a second at start-up)."""
 
     def __init__(self, streamer: Any):
         for name in ("put", "end"):
@@ -100,9 +101,11 @@ class StreamerHook:
                 raise TypeError(f"streamer must have put() and end() methods (transformers' BaseStreamer), "
                                 f"got {type(streamer).__name__}")
         self.streamer = streamer
+        self.numpy = bool(getattr(streamer, "accepts_numpy", False))
 
     def put(self, tokens: np.ndarray) -> None:
-        self.streamer.put(to_user(np.asarray(tokens, dtype=np.int64)))
+        tokens = np.asarray(tokens, dtype=np.int64)
+        self.streamer.put(tokens if self.numpy else to_user(tokens))
 
     def end(self) -> None:
         self.streamer.end()

@@ -30,6 +30,22 @@ _GLOBAL = {"gpt_neox.embed_in.weight": "embed", "gpt_neox.final_layer_norm.weigh
 # buffers some checkpoints carry; recomputed here
 _SKIP = ("attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq")
 
+# llama.cpp's GGUF names (its converter already writes QKV as [Q; K; V] blocks, the engine's order)
+_GGUF_LAYER = re.compile(r"blk\.(\d+)\.(.+)")
+_GGUF_LAYER_NAMES = {
+    "attn_norm.weight": "attn_norm.weight", "attn_norm.bias": "attn_norm.bias",
+    "attn_qkv.weight": "qkv.weight", "attn_qkv.bias": "qkv.bias",
+    "attn_output.weight": "attn_out.weight", "attn_output.bias": "attn_out.bias",
+    "ffn_norm.weight": "mlp_norm.weight", "ffn_norm.bias": "mlp_norm.bias",
+    "ffn_up.weight": "mlp_in.weight", "ffn_up.bias": "mlp_in.bias",
+    "ffn_down.weight": "mlp_out.weight", "ffn_down.bias": "mlp_out.bias",
+}
+_GGUF_GLOBAL = {"token_embd.weight": "embed", "output_norm.weight": "final_norm.weight",
+                "output_norm.bias": "final_norm.bias", "output.weight": "lm_head.weight",
+                "output.bias": "lm_head.bias"}
+# GGUF has no activation key; llmrt's converter records a non-default one here
+GGUF_ACT_KEY = "llmrt.hidden_act"
+
 _ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
          "relu": "relu", "silu": "silu"}
 
@@ -38,6 +54,7 @@ _ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gel
 class GPTNeoX(Family):
     name = "gpt_neox"
     hf_model_types = ("gpt_neox",)
+    gguf_architectures = ("gptneox",)
 
     @classmethod
     def config_from_hf(cls, hf: dict) -> ModelConfig:
@@ -89,6 +106,48 @@ class GPTNeoX(Family):
                 yield _GLOBAL[name], arr
             else:
                 raise ValueError(f"unexpected tensor {name!r} in a gpt_neox checkpoint")
+
+    @classmethod
+    def config_from_gguf(cls, meta: dict) -> ModelConfig:
+        a = meta["general.architecture"]
+        n_head = int(meta[f"{a}.attention.head_count"])
+        hidden = int(meta[f"{a}.embedding_length"])
+        vocab = meta.get(f"{a}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
+        act = meta.get(GGUF_ACT_KEY, "gelu")
+        if act not in _ACTS:
+            raise ValueError(f"unsupported {GGUF_ACT_KEY} {act!r} in a gptneox GGUF file")
+        return ModelConfig(
+            family=cls.name,
+            vocab_size=int(vocab),
+            hidden_size=hidden,
+            num_layers=int(meta[f"{a}.block_count"]),
+            num_heads=n_head,
+            num_kv_heads=n_head,
+            head_dim=hidden // n_head,
+            intermediate_size=int(meta[f"{a}.feed_forward_length"]),
+            norm="layer",
+            norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)),
+            mlp=_ACTS[act],
+            residual="parallel" if meta.get(f"{a}.use_parallel_residual", True) else "sequential",
+            rotary_dim=int(meta.get(f"{a}.rope.dimension_count", hidden // n_head)),
+            rope_theta=float(meta.get(f"{a}.rope.freq_base", 10000.0)),
+            max_position_embeddings=int(meta.get(f"{a}.context_length", 2048)),
+            tie_word_embeddings="output.weight" not in meta.get("__tensor_names__", ()),
+            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+            eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+            pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+        )
+
+    @classmethod
+    def map_gguf_tensors(cls, cfg: ModelConfig, tensors):
+        for name, arr, fmt in tensors:
+            m = _GGUF_LAYER.fullmatch(name)
+            if m and m.group(2) in _GGUF_LAYER_NAMES:
+                yield f"layers.{m.group(1)}.{_GGUF_LAYER_NAMES[m.group(2)]}", arr, fmt
+            elif name in _GGUF_GLOBAL:
+                yield _GGUF_GLOBAL[name], arr, fmt
+            else:
+                raise ValueError(f"unexpected tensor {name!r} in a gptneox GGUF file")
 
 
 def _heads_to_blocks(a: np.ndarray, n_head: int, head_dim: int) -> np.ndarray:

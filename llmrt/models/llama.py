@@ -31,6 +31,9 @@ _GGUF_LAYER_NAMES = {
     "attn_q.weight": "q.weight",
     "attn_k.weight": "k.weight",
     "attn_v.weight": "v.weight",
+    "attn_q.bias": "q.bias",
+    "attn_k.bias": "k.bias",
+    "attn_v.bias": "v.bias",
     "attn_output.weight": "attn_out.weight",
     "ffn_norm.weight": "mlp_norm.weight",
     "ffn_gate.weight": "gate.weight",
@@ -116,6 +119,7 @@ class Llama(Family):
             rotary_dim=head_dim,
             rope_theta=float(meta.get(f"{a}.rope.freq_base", 10000.0)),
             rope_scaling=scaling,
+            sliding_window=int(meta.get(f"{a}.attention.sliding_window", 0)),
             max_position_embeddings=int(meta.get(f"{a}.context_length", 2048)),
             tie_word_embeddings="output.weight" not in meta.get("__tensor_names__", ()),
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
@@ -134,9 +138,9 @@ class Llama(Family):
             if m and m.group(2) in _GGUF_LAYER_NAMES:
                 internal = _GGUF_LAYER_NAMES[m.group(2)]
                 # llama.cpp's converter interleaves Q/K rows for its rotary layout; undo it
-                if internal == "q.weight":
+                if internal in ("q.weight", "q.bias"):
                     arr = unpermute_rotary_rows(arr, cfg.num_heads)
-                elif internal == "k.weight":
+                elif internal in ("k.weight", "k.bias"):
                     arr = unpermute_rotary_rows(arr, cfg.num_kv_heads)
                 yield f"layers.{m.group(1)}.{internal}", arr, fmt
             elif name in _GGUF_GLOBAL:

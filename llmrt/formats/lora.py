@@ -1,0 +1,110 @@
+"""Merge a PEFT LoRA adapter into checkpoint weights with NumPy (no peft, no torch).
+
+An adapter directory holds ``adapter_config.json`` (r, lora_alpha, target_modules, fan_in_fan_out,
+use_rslora, ...) and ``adapter_model.safetensors`` with, per adapted module M,
+``base_model.model.<M>.lora_A.weight`` (r, in) and ``...lora_B.weight`` (out, r).  The merged weight
+is ``W + scale * (B @ A)`` (transposed when fan_in_fan_out), with ``scale = alpha / r``, or
+``alpha / sqrt(r)`` under rsLoRA — what peft's ``merge_and_unload()`` computes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from llmrt.formats.checkpoint import Checkpoint
+
+__all__ = ["LoraAdapter"]
+
+_PREFIX = "base_model.model."
+_KEY = re.compile(r"(.+)\.lora_([AB])(?:\.[^.]+)?\.weight")
+
+
+class LoraAdapter:
+    """A LoRA adapter read from a PEFT directory; ``merge(name, w)`` per checkpoint tensor."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        d = Path(path)
+        if not d.is_dir():
+            raise FileNotFoundError(f"no LoRA adapter directory at {d}")
+        cfg_file = d / "adapter_config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{d} has no adapter_config.json; pass a directory saved by peft's save_pretrained")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{cfg_file} is not valid JSON ({exc})") from None
+        self.path = d
+        self.config = cfg
+        kind = cfg.get("peft_type", "LORA")
+        if kind != "LORA":
+            raise NotImplementedError(f"{cfg_file}: peft_type {kind!r} cannot be merged; only LORA adapters")
+        for flag, what in (("use_dora", "DoRA"),):
+            if cfg.get(flag):
+                raise NotImplementedError(f"{cfg_file}: {what} adapters cannot be merged yet (set {flag}=false)")
+        if cfg.get("bias", "none") != "none":
+            raise NotImplementedError(f"{cfg_file}: bias={cfg['bias']!r} adapters cannot be merged yet (only 'none')")
+        if cfg.get("alpha_pattern") or cfg.get("rank_pattern"):
+            raise NotImplementedError(f"{cfg_file}: per-module rank_pattern / alpha_pattern are not supported yet")
+        try:
+            self.r = int(cfg["r"])
+            self.alpha = float(cfg.get("lora_alpha", self.r))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{cfg_file} needs an integer 'r' (and a numeric 'lora_alpha')") from None
+        if self.r <= 0:
+            raise ValueError(f"{cfg_file}: r must be positive, got {self.r}")
+        self.scale = self.alpha / (math.sqrt(self.r) if cfg.get("use_rslora") else self.r)
+        self.fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
+        weights = d / "adapter_model.safetensors"
+        if not weights.is_file():
+            hint = " (adapter_model.bin needs torch: re-save the adapter with safe_serialization=True)" \
+                if (d / "adapter_model.bin").is_file() else ""
+            raise FileNotFoundError(f"{d} has no adapter_model.safetensors{hint}")
+        self._ckpt = Checkpoint(weights)
+        self._pairs: dict[str, dict[str, str]] = {}
+        for key in self._ckpt.names():
+            m = _KEY.fullmatch(key)
+            if not m:
+                if "lora_embedding" in key or "modules_to_save" in key or key.startswith(_PREFIX):
+                    raise NotImplementedError(f"{weights}: tensor {key!r} (embedding LoRA or modules_to_save) "
+                                              f"cannot be merged yet")
+                raise ValueError(f"{weights}: unexpected tensor {key!r} in a LoRA adapter")
+            module = m.group(1)[len(_PREFIX):] if m.group(1).startswith(_PREFIX) else m.group(1)
+            self._pairs.setdefault(f"{module}.weight", {})[m.group(2)] = key
+        for target, ab in self._pairs.items():
+            if set(ab) != {"A", "B"}:
+                raise ValueError(f"{weights}: {target} has lora_{'A' if 'A' not in ab else 'B'} missing")
+        if not self._pairs:
+            raise ValueError(f"{weights} holds no LoRA weights")
+
+    @property
+    def targets(self) -> list[str]:
+        """Checkpoint tensor names the adapter changes."""
+        return sorted(self._pairs)
+
+    def merge(self, name: str, w: np.ndarray) -> np.ndarray:
+        """The checkpoint tensor ``name`` with the adapter merged in (float32), or ``w`` unchanged."""
+        ab = self._pairs.get(name)
+        if ab is None:
+            return w
+        a = np.asarray(self._ckpt.read(ab["A"]), dtype=np.float32)
+        b = np.asarray(self._ckpt.read(ab["B"]), dtype=np.float32)
+        delta = b @ a
+        if self.fan_in_fan_out:
+            delta = delta.T
+        if delta.shape != w.shape:
+            raise ValueError(f"LoRA adapter {self.path}: {name} is {list(w.shape)} in the model but the adapter's "
+                             f"update is {list(delta.shape)}; the adapter was trained for another model")
+        return np.asarray(w, dtype=np.float32) + np.float32(self.scale) * delta
+
+    def check_targets(self, names: Iterable[str]) -> None:
+        """Raise when the adapter changes a tensor the checkpoint (its tensor names) does not have."""
+        left = sorted(set(self._pairs) - set(names))
+        if left:
+            raise ValueError(f"LoRA adapter {self.path} adapts {left[0]!r} (and {len(left) - 1} more), which the "
+                             f"model does not have; the adapter was trained for another model")
