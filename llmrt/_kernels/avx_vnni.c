@@ -6,7 +6,7 @@ const lr_kernels lr_kernels_avx_vnni = {
     "avx_vnni",
     x86_quantize_act,
     x86_qgemm_i8,
-    NULL,
+    x86_qgemm_i8_panels,
     ft_qgemm_f32,
     ft_qgemm_bf16,
     ft_gemm_f32,
