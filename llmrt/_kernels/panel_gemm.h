@@ -14,7 +14,7 @@
  * The includer defines (all static inline, compile-time constants where named in capitals):
  *   PN_LANES        int32 lanes of a vector: weight rows of one slot (16 or 8)
  *   PN_RD           rows per tile covering all slots of a panel (decode, small batches); 0: none
- *   PN_RB, PN_NSB   rows and slots per tile above PN_RD rows
+ *   PN_RB(BITS), PN_NSB(BITS)  rows and slots per tile above PN_RD rows
  *   PN_ACCG         1: per-group float sums (see above)
  *   pn_vi, pn_vf    integer and float vectors
  *   pn_load(p), pn_bcast(p) (an activation dword in every lane), pn_iset1, pn_cvt, pn_fzero, pn_fset1,
@@ -27,7 +27,8 @@
 #define LLMRT_PANEL_GEMM_H
 
 #define PN_SLOTS (LR_PANEL / PN_LANES)
-#define PN_RMAX (PN_RD > PN_RB ? PN_RD : PN_RB)
+#define PN_MAX2(a, b) ((a) > (b) ? (a) : (b))
+#define PN_RMAX PN_MAX2(PN_RD, PN_MAX2(PN_RB(4), PN_RB(8)))
 #define PN_SMAX PN_SLOTS
 #define PN_SLOT_BYTES (PN_LANES * 4)
 /* Bytes ahead of the current block prefetched into L2: decode streams each panel once, and the
@@ -164,8 +165,8 @@ LR_INLINE void pn_span_t(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, in
         if (PN_RD > 0 && r1 - r0 <= PN_RD) {
             PN_ROWS(PN_RD, 0, PN_SLOTS)
         } else {
-            /* slot by slot: more activation rows per weight vector; the panel stays in L1 */
-            for (int s0 = 0; s0 < PN_SLOTS; s0 += PN_NSB) PN_ROWS(PN_RB, s0, PN_NSB)
+            /* PN_NSB slots at a time: fewer slots, more activation rows per weight vector */
+            for (int s0 = 0; s0 < PN_SLOTS; s0 += PN_NSB(BITS)) PN_ROWS(PN_RB(BITS), s0, PN_NSB(BITS))
         }
     }
 }

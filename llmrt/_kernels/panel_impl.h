@@ -10,8 +10,8 @@
 
 #define PN_LANES 16
 #define PN_RD 0
-#define PN_RB 4
-#define PN_NSB 1
+#define PN_RB(BITS) 4
+#define PN_NSB(BITS) 1
 #define PN_ACCG 1
 
 typedef __m512i pn_vi;
