@@ -18,7 +18,8 @@
  *   PN_ACCG         1: per-group float sums (see above)
  *   pn_vi, pn_vf    integer and float vectors
  *   pn_load(p), pn_bcast(p) (an activation dword in every lane), pn_iset1, pn_cvt, pn_fzero, pn_fset1,
- *   pn_fma(a, b, c) = a * b + c, pn_fmul, pn_scales(p, F16) (PN_LANES scales), pn_store(y, v, n) (n lanes)
+ *   pn_fma(a, b, c) = a * b + c, pn_fmul, pn_fadd, pn_scales(p, F16) (PN_LANES scales), pn_store(y, v, n)
+ *   and pn_load_out(y, n) (the first n lanes)
  *   int4: pn_w4 pn_prep4(raw), pn_a4 pn_a4_init(init), pn_a4_step(acc, w, x_lo, x_hi), pn_a4_end(acc, init)
  *         (x_lo: the dword of elements 4v..4v+3 for the low nibbles, x_hi: 16+4v.. for the high ones)
  *   int8: pn_w8 pn_prep8(raw), pn_a8 pn_a8_init(init), pn_a8_step(acc, w, x, odd), pn_a8_end(acc, init)
@@ -34,6 +35,11 @@
 /* Bytes ahead of the current block prefetched into L2: decode streams each panel once, and the
  * hardware prefetchers alone leave part of the memory bandwidth unused (measured on the 1.1B
  * model with 512-bit VNNI: +8% decode with 4 KiB into L2; into L1 less, non-temporal much worse). */
+/* Bytes of a panel read by all row tiles before the next chunk (prefill): within L1 beside the tiles'
+ * activation rows. */
+#ifndef PN_KCHUNK
+#define PN_KCHUNK 16384
+#endif
 #ifndef PN_PREFETCH
 #define PN_PREFETCH 4096
 #endif
@@ -47,14 +53,15 @@ typedef struct {
     int64_t gb;            /* bytes per panel group */
 } pn_ctx;
 
-/* Activation rows r0 .. r0+R x slots s0 .. s0+NS of panel p. */
-LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, const int s0, const int R, const int NS,
-                       const int BITS, const int ASYM, const int F16) {
+/* Activation rows r0 .. r0+R x slots s0 .. s0+NS of panel p over groups [g0, g1); the sums are added
+ * to y unless g0 == 0. */
+LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64_t g1, const int s0, const int R,
+                       const int NS, const int BITS, const int ASYM, const int F16) {
     const lr_qmat *w = c->w;
     const lr_qact *a = c->a;
     const int64_t k = w->k, nb = k / LR_QK, ng = k / w->group, bpg = w->group / LR_QK;
     const int64_t bb = BITS == 4 ? 256 : 512, ss = F16 ? 2 : 4;
-    const uint8_t *gp = w->panels + p * ng * c->gb;
+    const uint8_t *gp = w->panels + (p * ng + g0) * c->gb;
     pn_vf acc[PN_RMAX][PN_SMAX];
     const int8_t *xq[PN_RMAX];
     const float *xd[PN_RMAX];
@@ -65,8 +72,8 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, const int s0, con
         xd[r] = a->d + (r0 + r) * nb;
         xs[r] = a->sum + (r0 + r) * nb;
     }
-    int64_t b = 0;
-    for (int64_t g = 0; g < ng; g++, gp += c->gb) {
+    int64_t b = g0 * bpg;
+    for (int64_t g = g0; g < g1; g++, gp += c->gb) {
         const uint8_t *sp = gp + bpg * bb;
 #if PN_ACCG
         pn_vf accg[PN_RMAX][PN_SMAX];
@@ -141,14 +148,17 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, const int s0, con
     LR_UNROLL for (int s = 0; s < NS; s++) {
         const int64_t j0 = p * LR_PANEL + (s0 + s) * PN_LANES, nj = lr_min64(PN_LANES, w->n - j0);
         if (nj <= 0) break;
-        LR_UNROLL for (int r = 0; r < R; r++) pn_store(c->y + (r0 + r) * c->ldy + j0, acc[r][s], (int)nj);
+        LR_UNROLL for (int r = 0; r < R; r++) {
+            float *yr = c->y + (r0 + r) * c->ldy + j0;
+            pn_store(yr, g0 ? pn_fadd(acc[r][s], pn_load_out(yr, (int)nj)) : acc[r][s], (int)nj);
+        }
     }
 }
 
 /* Tiles of up to RMAX rows (R a compile-time constant in each case). */
 #define PN_ROWS_CASE(n, RMAX, S0, NS)                                                      \
     case n:                                                                                \
-        if (n <= RMAX) pn_tile(c, r, p, S0, (n <= RMAX ? n : 1), NS, BITS, ASYM, F16);     \
+        if (n <= RMAX) pn_tile(c, r, p, g0, g1, S0, (n <= RMAX ? n : 1), NS, BITS, ASYM, F16); \
         break;
 #define PN_ROWS(RMAX, S0, NS)                                                              \
     for (int64_t r = r0; r < r1; r += RMAX) {                                              \
@@ -161,12 +171,19 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, const int s0, con
 
 LR_INLINE void pn_span_t(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t p1, const int BITS,
                          const int ASYM, const int F16) {
+    const int64_t ng = c->w->k / c->w->group;
+    /* groups per pass over the row tiles: a chunk of the panel stays in L1 while they all read it */
+    const int64_t gc = r1 - r0 <= PN_RB(BITS) ? ng : lr_max64(1, PN_KCHUNK / c->gb);
     for (int64_t p = p0; p < p1; p++) {
         if (PN_RD > 0 && r1 - r0 <= PN_RD) {
+            const int64_t g0 = 0, g1 = ng;
             PN_ROWS(PN_RD, 0, PN_SLOTS)
         } else {
-            /* PN_NSB slots at a time: fewer slots, more activation rows per weight vector */
-            for (int s0 = 0; s0 < PN_SLOTS; s0 += PN_NSB(BITS)) PN_ROWS(PN_RB(BITS), s0, PN_NSB(BITS))
+            for (int64_t g0 = 0; g0 < ng; g0 += gc) {
+                const int64_t g1 = lr_min64(g0 + gc, ng);
+                /* PN_NSB slots at a time: fewer slots, more activation rows per weight vector */
+                for (int s0 = 0; s0 < PN_SLOTS; s0 += PN_NSB(BITS)) PN_ROWS(PN_RB(BITS), s0, PN_NSB(BITS))
+            }
         }
     }
 }

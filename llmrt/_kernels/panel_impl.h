@@ -37,7 +37,9 @@ LR_INLINE pn_vf pn_load_scales(const uint8_t *p, const int F16) {
     return F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)) : _mm512_loadu_ps(p);
 }
 #define pn_scales pn_load_scales
+LR_INLINE pn_vf pn_fadd(pn_vf a, pn_vf b) { return _mm512_add_ps(a, b); }
 LR_INLINE void pn_store(float *y, pn_vf v, int n) { _mm512_mask_storeu_ps(y, (__mmask16)((1u << n) - 1), v); }
+LR_INLINE pn_vf pn_load_out(const float *y, int n) { return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), y); }
 
 LR_INLINE pn_w4 pn_prep4(pn_vi v) {
     pn_w4 w = {_mm512_and_si512(v, _mm512_set1_epi8(0x0f)), _mm512_and_si512(v, _mm512_set1_epi8((char)0xf0))};
