@@ -9,7 +9,7 @@ from llmrt._kernels import _ops
 
 TIERS = _ops.supported_tiers()
 WIDE_TIERS = {"avx512", "avx512_vnni", "amx"}   # tiers whose bf16 GEMM may use AVX512-BF16
-PANEL_TIERS = {"avx2", "avx_vnni", "avx512_vnni", "amx"}   # tiers with int8 kernels on the panel layout
+PANEL_TIERS = {"avx2", "avx512", "avx_vnni", "avx512_vnni", "amx"}   # tiers with int8 kernels on the panel layout
 HAVE_BF16_HW = _ops.bf16_instructions_available()
 F32 = np.float32
 

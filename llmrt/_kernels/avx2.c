@@ -1,4 +1,5 @@
-/* avx2 tier: maddubs/madd int8 GEMM, F16C/FMA float GEMMs (avx2_impl.h); attention stays generic. */
+/* avx2 tier: maddubs/madd int8 GEMMs (canonical and panels), F16C/FMA float GEMMs, vector gated SiLU
+ * (avx2_impl.h); attention stays generic. */
 #define LR_VNNI 0
 #include "avx2_impl.h"
 
@@ -12,5 +13,5 @@ const lr_kernels lr_kernels_avx2 = {
     ft_gemm_f32,
     ft_gemm_f16,
     generic_attention,
-    generic_silu_mul,
+    x86_silu_mul,
 };

@@ -12,5 +12,5 @@ const lr_kernels lr_kernels_avx_vnni = {
     ft_gemm_f32,
     ft_gemm_f16,
     generic_attention,
-    generic_silu_mul,
+    x86_silu_mul,
 };
