@@ -9,7 +9,7 @@ from llmrt._kernels import _ops
 
 TIERS = _ops.supported_tiers()
 WIDE_TIERS = {"avx512", "avx512_vnni", "amx"}   # tiers whose bf16 GEMM may use AVX512-BF16
-PANEL_TIERS = {"avx512_vnni", "amx"}             # tiers with int8 kernels on the panel layout
+PANEL_TIERS = {"avx2", "avx512", "avx_vnni", "avx512_vnni", "amx"}   # tiers with int8 kernels on the panel layout
 HAVE_BF16_HW = _ops.bf16_instructions_available()
 F32 = np.float32
 
@@ -236,6 +236,39 @@ def test_panels_with_fp16_scales(use_tier, tier, case):
     for j in (0, case[1] // 2, case[1] - 1):
         np.testing.assert_array_equal(lin.get_row(j), dequant(qs[j:j + 1], d[j:j + 1], None if m is None else m[j:j + 1],
                                                               case[4], case[2])[0])
+
+
+# Panel kernels at every activation row count from 1 to 40 (the 256-bit tiers switch from whole-panel
+# tiles to half-panel tiles of several rows, the 512-bit ones take 4 rows a tile, AMX 16): n = 47 ends
+# in a partial half panel, n = 40 in exactly one half, n = 33 in a single row.
+PANEL_ROW_CASES = [(n, g, bits, has_m, f16) for (n, g) in [(47, 32), (40, 128), (33, 256)]
+                   for bits in (4, 8) for has_m in (False, True) for f16 in (False, True)]
+
+
+@pytest.mark.parametrize("tier", sorted(PANEL_TIERS & set(TIERS)))
+@pytest.mark.parametrize("case", PANEL_ROW_CASES, ids=lambda c: "n{}-g{}-q{}{}{}".format(
+    c[0], c[1], c[2], "-off" if c[3] else "", "-f16" if c[4] else "-f32"))
+def test_panel_kernels_rows_1_to_40(use_tier, tier, case):
+    use_tier(tier)
+    n, group, bits, has_m, f16 = case
+    qs, d, m, x = qcase(256, n, group, 40, bits, has_m)
+    if f16:
+        d = d.astype(np.float16).astype(F32)
+        m = None if m is None else m.astype(np.float16).astype(F32)
+    else:   # a scale fp16 cannot hold keeps the panels in fp32
+        d = d.copy()
+        d[0, 0] = F32(1.0 + 2.0 ** -20)
+    lin = _ops.Linear.quantized(qs, d, m, bits, group, compute="int8")
+    assert lin.panel_scales == ("fp16" if f16 else "fp32")
+    for rows in range(1, 41):
+        xr = x[:rows]
+        kq, kd, ks = _ops.quantize_activations(xr)
+        ref, mag = int8_ref(qs, d, m, bits, group, kq, kd, ks)
+        y = lin(xr)
+        assert y.shape == (rows, n)
+        assert_close(y, ref, mag, 1e-5)
+    # the panel kernel ran: no canonical planes were rebuilt beside the panels
+    assert lin.layout == "panels"
 
 
 @pytest.mark.parametrize("tier", TIERS)

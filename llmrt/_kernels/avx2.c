@@ -1,4 +1,5 @@
-/* avx2 tier: maddubs/madd int8 GEMM, F16C/FMA float GEMMs (avx2_impl.h); attention stays generic. */
+/* avx2 tier: maddubs/madd int8 GEMMs (canonical and panels), F16C/FMA float GEMMs, vector gated SiLU
+ * (avx2_impl.h); attention stays generic. */
 #define LR_VNNI 0
 #include "avx2_impl.h"
 
@@ -6,11 +7,11 @@ const lr_kernels lr_kernels_avx2 = {
     "avx2",
     x86_quantize_act,
     x86_qgemm_i8,
-    NULL,
+    x86_qgemm_i8_panels,
     ft_qgemm_f32,
     ft_qgemm_bf16,
     ft_gemm_f32,
     ft_gemm_f16,
     generic_attention,
-    generic_silu_mul,
+    x86_silu_mul,
 };

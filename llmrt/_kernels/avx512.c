@@ -1,5 +1,5 @@
-/* avx512 tier: 512-bit maddubs/madd int8 GEMM and FMA float GEMMs (avx512_impl.h); attention
- * stays generic.  dispatch.c swaps in avx512_bf16.c's qgemm_bf16 when the CPU has AVX512-BF16. */
+/* avx512 tier: 512-bit maddubs/madd int8 GEMMs (canonical and panels), FMA float GEMMs, attn512
+ * (avx512_impl.h).  dispatch.c swaps in avx512_bf16.c's qgemm_bf16 when the CPU has AVX512-BF16. */
 #define LR_VNNI 0
 #include "avx512_impl.h"
 
@@ -7,7 +7,7 @@ const lr_kernels lr_kernels_avx512 = {
     "avx512",
     x86_quantize_act,
     x86_qgemm_i8,
-    NULL,
+    x86_qgemm_i8_panels,
     ft_qgemm_f32,
     ft_qgemm_bf16,
     ft_gemm_f32,

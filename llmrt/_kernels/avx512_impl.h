@@ -232,8 +232,6 @@ LR_INLINE void i8_tile(const i8_ctx *c, int64_t r0, int64_t j0, const int R, con
 
 #include "i8_drive.h"
 #include "attn512.h"
-#if LR_VNNI
 #include "panel_impl.h"
-#endif
 
 #endif

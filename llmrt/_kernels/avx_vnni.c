@@ -6,11 +6,11 @@ const lr_kernels lr_kernels_avx_vnni = {
     "avx_vnni",
     x86_quantize_act,
     x86_qgemm_i8,
-    NULL,
+    x86_qgemm_i8_panels,
     ft_qgemm_f32,
     ft_qgemm_bf16,
     ft_gemm_f32,
     ft_gemm_f16,
     generic_attention,
-    generic_silu_mul,
+    x86_silu_mul,
 };

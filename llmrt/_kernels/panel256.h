@@ -1,0 +1,142 @@
+/* int8-compute GEMM on the panel layout (kernels.h) with 256-bit vectors; included by avx2_impl.h.
+ * The 256-bit vocabulary of panel_gemm.h: a 64-byte panel vector is two 32-byte slots of 8 weight
+ * rows, so a dot against a broadcast activation dword gives 8 rows' block sums in the 8 lanes.
+ * Up to PN_RD activation rows (decode) a tile covers both slots of a panel, sharing each broadcast;
+ * with more rows a tile covers one slot and PN_RB rows, as the 16 ymm registers allow.
+ *
+ * AVX-VNNI (dpbusd): as the 512-bit kernel, int4 low nibbles and in-place high nibbles (16 u) in
+ * two accumulators, int8 as stored (q + 128) against the -128 * sum_a start.
+ * AVX2 (maddubs, u8 x s8 -> int16 pair sums, saturating):
+ *   int4: nibbles 0..15 (the high ones shifted down) x |x| <= 127: a pair sum is at most
+ *         2 * 15 * 127 = 3810, and the 8 products of a block (4 dwords x 2 nibbles) at most 30480,
+ *         so they are summed in int16 and widened once per block by madd (exact).
+ *   int8: q = stored ^ 0x80, |q| x (x with the sign of q): |q| <= 128, |x| <= 127, a pair sum at most
+ *         32512 (exact); widened by madd at once, as two would overflow int16.  The block sum is
+ *         sum(q * x), so the -B * sum_a start is not used. */
+#ifndef LLMRT_PANEL256_H
+#define LLMRT_PANEL256_H
+
+#define PN_LANES 8
+#ifndef PN_RD
+#define PN_RD 2
+#endif
+/* measured on the 1.1B MLP shapes (128 rows, one Sapphire Rapids core): int4 one slot x 4 rows (AVX-VNNI
+ * 65 GMAC/s against 55 for both slots x 2 rows), int8 both slots x 2 rows (84 against 38: the int8 panel
+ * of a 2048-input row is 34 KiB, and two passes over its cache lines, one per slot, miss L1) */
+#define PN_RB(BITS) ((BITS) == 4 ? 4 : 2)
+#define PN_NSB(BITS) ((BITS) == 4 ? 1 : 2)
+#ifndef PN_ACCG
+#define PN_ACCG 0
+#endif
+
+typedef __m256i pn_vi;
+typedef __m256 pn_vf;
+typedef struct { __m256i lo, hi; } pn_w4;
+#if LR_VNNI
+typedef struct { __m256i l, h; } pn_a4;
+typedef __m256i pn_w8;
+typedef struct { __m256i i0, i1; } pn_a8;
+#else
+typedef __m256i pn_a4;               /* int16 sums of the block's maddubs products */
+typedef struct { __m256i u, q; } pn_w8;   /* |q| and q */
+typedef __m256i pn_a8;
+#endif
+
+LR_INLINE pn_vi pn_load(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+LR_INLINE pn_vi pn_bcast(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+LR_INLINE pn_vi pn_iset1(int32_t v) { return _mm256_set1_epi32(v); }
+LR_INLINE pn_vf pn_cvt(pn_vi v) { return _mm256_cvtepi32_ps(v); }
+LR_INLINE pn_vf pn_fzero(void) { return _mm256_setzero_ps(); }
+LR_INLINE pn_vf pn_fset1(float v) { return _mm256_set1_ps(v); }
+LR_INLINE pn_vf pn_fma(pn_vf a, pn_vf b, pn_vf c) { return _mm256_fmadd_ps(a, b, c); }
+LR_INLINE pn_vf pn_fmul(pn_vf a, pn_vf b) { return _mm256_mul_ps(a, b); }
+LR_INLINE pn_vf pn_scales(const uint8_t *p, const int F16) {
+    return F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)) : _mm256_loadu_ps((const float *)p);
+}
+LR_INLINE pn_vf pn_fadd(pn_vf a, pn_vf b) { return _mm256_add_ps(a, b); }
+LR_INLINE __m256i pn_lanes_below(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+LR_INLINE void pn_store(float *y, pn_vf v, int n) {
+    if (n == PN_LANES) _mm256_storeu_ps(y, v);
+    else _mm256_maskstore_ps(y, pn_lanes_below(n), v);
+}
+LR_INLINE pn_vf pn_load_out(const float *y, int n) {
+    return n == PN_LANES ? _mm256_loadu_ps(y) : _mm256_maskload_ps(y, pn_lanes_below(n));
+}
+
+#if LR_VNNI
+LR_INLINE pn_w4 pn_prep4(pn_vi v) {
+    pn_w4 w = {_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), _mm256_and_si256(v, _mm256_set1_epi8((char)0xf0))};
+    return w;
+}
+LR_INLINE pn_a4 pn_a4_init(pn_vi init) {
+    pn_a4 a = {init, _mm256_setzero_si256()};
+    return a;
+}
+LR_INLINE pn_a4 pn_a4_step(pn_a4 a, pn_w4 w, pn_vi xl, pn_vi xh) {
+    a.l = _mm256_dpbusd_avx_epi32(a.l, w.lo, xl);
+    a.h = _mm256_dpbusd_avx_epi32(a.h, w.hi, xh);
+    return a;
+}
+LR_INLINE pn_vi pn_a4_end(pn_a4 a, pn_vi init) {
+    (void)init;
+    return _mm256_add_epi32(a.l, _mm256_srai_epi32(a.h, 4));
+}
+LR_INLINE pn_w8 pn_prep8(pn_vi v) { return v; }
+LR_INLINE pn_a8 pn_a8_init(pn_vi init) {
+    pn_a8 a = {init, _mm256_setzero_si256()};
+    return a;
+}
+LR_INLINE pn_a8 pn_a8_step(pn_a8 a, pn_w8 w, pn_vi x, const int odd) {
+    if (odd) a.i1 = _mm256_dpbusd_avx_epi32(a.i1, w, x);
+    else a.i0 = _mm256_dpbusd_avx_epi32(a.i0, w, x);
+    return a;
+}
+LR_INLINE pn_vi pn_a8_end(pn_a8 a, pn_vi init) {
+    (void)init;
+    return _mm256_add_epi32(a.i0, a.i1);
+}
+#else
+LR_INLINE pn_w4 pn_prep4(pn_vi v) {
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    pn_w4 w = {_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16(v, 4), m)};
+    return w;
+}
+LR_INLINE pn_a4 pn_a4_init(pn_vi init) {
+    (void)init;
+    return _mm256_setzero_si256();
+}
+LR_INLINE pn_a4 pn_a4_step(pn_a4 a, pn_w4 w, pn_vi xl, pn_vi xh) {
+    return _mm256_add_epi16(a, _mm256_add_epi16(_mm256_maddubs_epi16(w.lo, xl), _mm256_maddubs_epi16(w.hi, xh)));
+}
+LR_INLINE pn_vi pn_a4_end(pn_a4 a, pn_vi init) {
+    return _mm256_add_epi32(_mm256_madd_epi16(a, _mm256_set1_epi16(1)), init);
+}
+LR_INLINE pn_w8 pn_prep8(pn_vi v) {
+    const __m256i q = _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
+    pn_w8 w = {_mm256_abs_epi8(q), q};
+    return w;
+}
+LR_INLINE pn_a8 pn_a8_init(pn_vi init) {
+    (void)init;
+    return _mm256_setzero_si256();
+}
+LR_INLINE pn_a8 pn_a8_step(pn_a8 a, pn_w8 w, pn_vi x, const int odd) {
+    (void)odd;
+    return _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(w.u, _mm256_sign_epi8(x, w.q)),
+                                                 _mm256_set1_epi16(1)));
+}
+LR_INLINE pn_vi pn_a8_end(pn_a8 a, pn_vi init) {
+    (void)init;
+    return a;
+}
+#endif
+
+#include "panel_gemm.h"
+
+#endif

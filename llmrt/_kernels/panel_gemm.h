@@ -1,0 +1,243 @@
+/* Width-generic int8-compute GEMM on the panel layout (kernels.h).  Included by panel_impl.h
+ * (512 bits: one vector is a whole 64-byte panel vector, 16 weight rows) and avx2_impl.h (256 bits:
+ * one vector is one 32-byte half, a "slot" of 8 weight rows).  Every weight byte is loaded once per
+ * tile of activation rows, each activation dword is broadcast against it, and the int32 lanes of a
+ * dot are the rows' block sums, so no horizontal sums are needed.
+ *
+ * The integer block sum is exact: the block accumulator starts at -B * sum_a of the activation block
+ * (B = 8 for symmetric int4, 0 with offsets, 128 for int8 stored as q + 128), so it ends at
+ * sum((u - B) * x).  Per group: acc += d_w * sum_b d_a * isum_b (PN_ACCG: a float sum per group, then
+ * one multiply by the weight scales; otherwise d_a * d_w per block, one register fewer per row), and
+ * with offsets acc += m_w * S_g (S_g = sum over the group's blocks of d_a * sum_a).  Nothing is
+ * allocated: a panel matrix has no other form to fall back on.
+ *
+ * The includer defines (all static inline, compile-time constants where named in capitals):
+ *   PN_LANES        int32 lanes of a vector: weight rows of one slot (16 or 8)
+ *   PN_RD           rows per tile covering all slots of a panel (decode, small batches); 0: none
+ *   PN_RB(BITS), PN_NSB(BITS)  rows and slots per tile above PN_RD rows
+ *   PN_ACCG         1: per-group float sums (see above)
+ *   pn_vi, pn_vf    integer and float vectors
+ *   pn_load(p), pn_bcast(p) (an activation dword in every lane), pn_iset1, pn_cvt, pn_fzero, pn_fset1,
+ *   pn_fma(a, b, c) = a * b + c, pn_fmul, pn_fadd, pn_scales(p, F16) (PN_LANES scales), pn_store(y, v, n)
+ *   and pn_load_out(y, n) (the first n lanes)
+ *   int4: pn_w4 pn_prep4(raw), pn_a4 pn_a4_init(init), pn_a4_step(acc, w, x_lo, x_hi), pn_a4_end(acc, init)
+ *         (x_lo: the dword of elements 4v..4v+3 for the low nibbles, x_hi: 16+4v.. for the high ones)
+ *   int8: pn_w8 pn_prep8(raw), pn_a8 pn_a8_init(init), pn_a8_step(acc, w, x, odd), pn_a8_end(acc, init)
+ *   init is the vector -B * sum_a; pn_a*_end returns the exact int32 block sums. */
+#ifndef LLMRT_PANEL_GEMM_H
+#define LLMRT_PANEL_GEMM_H
+
+#define PN_SLOTS (LR_PANEL / PN_LANES)
+#define PN_MAX2(a, b) ((a) > (b) ? (a) : (b))
+#define PN_RMAX PN_MAX2(PN_RD, PN_MAX2(PN_RB(4), PN_RB(8)))
+#define PN_SMAX PN_SLOTS
+#define PN_SLOT_BYTES (PN_LANES * 4)
+/* Bytes ahead of the current block prefetched into L2: decode streams each panel once, and the
+ * hardware prefetchers alone leave part of the memory bandwidth unused (measured on the 1.1B
+ * model with 512-bit VNNI: +8% decode with 4 KiB into L2; into L1 less, non-temporal much worse). */
+/* Bytes of a panel read by all row tiles before the next chunk (prefill): within L1 beside the tiles'
+ * activation rows. */
+#ifndef PN_KCHUNK
+#define PN_KCHUNK 16384
+#endif
+#ifndef PN_PREFETCH
+#define PN_PREFETCH 4096
+#endif
+
+typedef struct {
+    const lr_qmat *w;
+    const lr_qact *a;
+    float *y;
+    int64_t ldy;
+    int32_t B;             /* the offset of the stored unsigned levels */
+    int64_t gb;            /* bytes per panel group */
+} pn_ctx;
+
+/* Activation rows r0 .. r0+R x slots s0 .. s0+NS of panel p over groups [g0, g1); the sums are added
+ * to y unless g0 == 0. */
+LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64_t g1, const int s0, const int R,
+                       const int NS, const int BITS, const int ASYM, const int F16) {
+    const lr_qmat *w = c->w;
+    const lr_qact *a = c->a;
+    const int64_t k = w->k, nb = k / LR_QK, ng = k / w->group, bpg = w->group / LR_QK;
+    const int64_t bb = BITS == 4 ? 256 : 512, ss = F16 ? 2 : 4;
+    const uint8_t *gp = w->panels + (p * ng + g0) * c->gb;
+    pn_vf acc[PN_RMAX][PN_SMAX];
+    const int8_t *xq[PN_RMAX];
+    const float *xd[PN_RMAX];
+    const int32_t *xs[PN_RMAX];
+    LR_UNROLL for (int r = 0; r < R; r++) {
+        LR_UNROLL for (int s = 0; s < NS; s++) acc[r][s] = pn_fzero();
+        xq[r] = a->q + (r0 + r) * k;
+        xd[r] = a->d + (r0 + r) * nb;
+        xs[r] = a->sum + (r0 + r) * nb;
+    }
+    int64_t b = g0 * bpg;
+    for (int64_t g = g0; g < g1; g++, gp += c->gb) {
+        const uint8_t *sp = gp + bpg * bb;
+#if PN_ACCG
+        pn_vf accg[PN_RMAX][PN_SMAX];
+        LR_UNROLL for (int r = 0; r < R; r++)
+            LR_UNROLL for (int s = 0; s < NS; s++) accg[r][s] = pn_fzero();
+#else
+        pn_vf dw[PN_SMAX];
+        LR_UNROLL for (int s = 0; s < NS; s++) dw[s] = pn_scales(sp + (s0 + s) * PN_LANES * ss, F16);
+#endif
+        float sg[PN_RMAX];
+        LR_UNROLL for (int r = 0; r < R; r++) sg[r] = 0.0f;
+        for (int64_t bi = 0; bi < bpg; bi++, b++) {
+            const uint8_t *blk = gp + bi * bb;
+            for (int v = 0; v < (BITS == 4 ? 4 : 8); v++)
+                _mm_prefetch((const char *)(blk + PN_PREFETCH + 64 * v), _MM_HINT_T1);
+            const int8_t *xo[PN_RMAX];
+            pn_vi init[PN_RMAX], is[PN_RMAX][PN_SMAX];
+            LR_UNROLL for (int r = 0; r < R; r++) {
+                xo[r] = xq[r] + b * LR_QK;
+                init[r] = pn_iset1(-c->B * xs[r][b]);
+            }
+            if (BITS == 4) {
+                pn_a4 ac[PN_RMAX][PN_SMAX];
+                LR_UNROLL for (int r = 0; r < R; r++)
+                    LR_UNROLL for (int s = 0; s < NS; s++) ac[r][s] = pn_a4_init(init[r]);
+                LR_UNROLL for (int v = 0; v < 4; v++)
+                    LR_UNROLL for (int s = 0; s < NS; s++) {
+                        const pn_w4 wv = pn_prep4(pn_load(blk + 64 * v + (s0 + s) * PN_SLOT_BYTES));
+                        LR_UNROLL for (int r = 0; r < R; r++)
+                            ac[r][s] = pn_a4_step(ac[r][s], wv, pn_bcast(xo[r] + 4 * v), pn_bcast(xo[r] + 16 + 4 * v));
+                    }
+                LR_UNROLL for (int r = 0; r < R; r++)
+                    LR_UNROLL for (int s = 0; s < NS; s++) is[r][s] = pn_a4_end(ac[r][s], init[r]);
+            } else {
+                pn_a8 ac[PN_RMAX][PN_SMAX];
+                LR_UNROLL for (int r = 0; r < R; r++)
+                    LR_UNROLL for (int s = 0; s < NS; s++) ac[r][s] = pn_a8_init(init[r]);
+                LR_UNROLL for (int v = 0; v < 8; v++)
+                    LR_UNROLL for (int s = 0; s < NS; s++) {
+                        const pn_w8 wv = pn_prep8(pn_load(blk + 64 * v + (s0 + s) * PN_SLOT_BYTES));
+                        LR_UNROLL for (int r = 0; r < R; r++)
+                            ac[r][s] = pn_a8_step(ac[r][s], wv, pn_bcast(xo[r] + 4 * v), v & 1);
+                    }
+                LR_UNROLL for (int r = 0; r < R; r++)
+                    LR_UNROLL for (int s = 0; s < NS; s++) is[r][s] = pn_a8_end(ac[r][s], init[r]);
+            }
+            LR_UNROLL for (int r = 0; r < R; r++) {
+                const pn_vf da = pn_fset1(xd[r][b]);
+                LR_UNROLL for (int s = 0; s < NS; s++) {
+#if PN_ACCG
+                    accg[r][s] = pn_fma(pn_cvt(is[r][s]), da, accg[r][s]);
+#else
+                    acc[r][s] = pn_fma(pn_cvt(is[r][s]), pn_fmul(da, dw[s]), acc[r][s]);
+#endif
+                }
+                if (ASYM) sg[r] += xd[r][b] * (float)xs[r][b];
+            }
+        }
+#if PN_ACCG
+        LR_UNROLL for (int s = 0; s < NS; s++) {
+            const pn_vf dws = pn_scales(sp + (s0 + s) * PN_LANES * ss, F16);
+            LR_UNROLL for (int r = 0; r < R; r++) acc[r][s] = pn_fma(accg[r][s], dws, acc[r][s]);
+        }
+#endif
+        if (ASYM) {
+            LR_UNROLL for (int s = 0; s < NS; s++) {
+                const pn_vf mw = pn_scales(sp + LR_PANEL * ss + (s0 + s) * PN_LANES * ss, F16);
+                LR_UNROLL for (int r = 0; r < R; r++) acc[r][s] = pn_fma(mw, pn_fset1(sg[r]), acc[r][s]);
+            }
+        }
+    }
+    LR_UNROLL for (int s = 0; s < NS; s++) {
+        const int64_t j0 = p * LR_PANEL + (s0 + s) * PN_LANES, nj = lr_min64(PN_LANES, w->n - j0);
+        if (nj <= 0) break;
+        LR_UNROLL for (int r = 0; r < R; r++) {
+            float *yr = c->y + (r0 + r) * c->ldy + j0;
+            pn_store(yr, g0 ? pn_fadd(acc[r][s], pn_load_out(yr, (int)nj)) : acc[r][s], (int)nj);
+        }
+    }
+}
+
+/* Tiles of up to RMAX rows (R a compile-time constant in each case). */
+#define PN_ROWS_CASE(n, RMAX, S0, NS)                                                      \
+    case n:                                                                                \
+        if (n <= RMAX) pn_tile(c, r, p, g0, g1, S0, (n <= RMAX ? n : 1), NS, BITS, ASYM, F16); \
+        break;
+#define PN_ROWS(RMAX, S0, NS)                                                              \
+    for (int64_t r = r0; r < r1; r += RMAX) {                                              \
+        switch (lr_min64(RMAX, r1 - r)) {                                                  \
+            PN_ROWS_CASE(1, RMAX, S0, NS) PN_ROWS_CASE(2, RMAX, S0, NS)                    \
+            PN_ROWS_CASE(3, RMAX, S0, NS) PN_ROWS_CASE(4, RMAX, S0, NS)                    \
+            PN_ROWS_CASE(5, RMAX, S0, NS) default: PN_ROWS_CASE(6, RMAX, S0, NS)           \
+        }                                                                                  \
+    }
+
+LR_INLINE void pn_span_t(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t p1, const int BITS,
+                         const int ASYM, const int F16) {
+    const int64_t ng = c->w->k / c->w->group;
+    /* groups per pass over the row tiles: a chunk of the panel stays in L1 while they all read it */
+    const int64_t gc = r1 - r0 <= PN_RB(BITS) ? ng : lr_max64(1, PN_KCHUNK / c->gb);
+    for (int64_t p = p0; p < p1; p++) {
+        if (PN_RD > 0 && r1 - r0 <= PN_RD) {
+            const int64_t g0 = 0, g1 = ng;
+            PN_ROWS(PN_RD, 0, PN_SLOTS)
+        } else {
+            for (int64_t g0 = 0; g0 < ng; g0 += gc) {
+                const int64_t g1 = lr_min64(g0 + gc, ng);
+                /* PN_NSB slots at a time: fewer slots, more activation rows per weight vector */
+                for (int s0 = 0; s0 < PN_SLOTS; s0 += PN_NSB(BITS)) PN_ROWS(PN_RB(BITS), s0, PN_NSB(BITS))
+            }
+        }
+    }
+}
+
+typedef void (*pn_span_fn)(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
+#define PN_SPAN(BITS, ASYM, F16) \
+    static void pn_span_##BITS##_##ASYM##_##F16(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) { \
+        pn_span_t(c, r0, r1, p0, p1, BITS, ASYM, F16); \
+    }
+PN_SPAN(4, 0, 0) PN_SPAN(4, 0, 1) PN_SPAN(4, 1, 0) PN_SPAN(4, 1, 1)
+PN_SPAN(8, 0, 0) PN_SPAN(8, 0, 1) PN_SPAN(8, 1, 0) PN_SPAN(8, 1, 1)
+
+static pn_span_fn pn_pick(const lr_qmat *w) {
+    static const pn_span_fn table[2][2][2] = {
+        {{pn_span_4_0_0, pn_span_4_0_1}, {pn_span_4_1_0, pn_span_4_1_1}},
+        {{pn_span_8_0_0, pn_span_8_0_1}, {pn_span_8_1_0, pn_span_8_1_1}},
+    };
+    return table[w->bits == 8][w->panel_m != 0][w->panel_f16 != 0];
+}
+
+static int64_t pn_group_bytes(const lr_qmat *w) {
+    return lr_panel_group_bytes(w->bits, w->group, w->panel_m, w->panel_f16);
+}
+
+static void pn_init(pn_ctx *c, const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
+    c->w = w;
+    c->a = a;
+    c->y = y;
+    c->ldy = ldy;
+    c->B = w->bits == 8 ? 128 : (w->panel_m ? 0 : 8);
+    c->gb = pn_group_bytes(w);
+}
+
+/* Activation rows [r0, r1) x panels [p0, p1), panels split between the threads. */
+static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+    const lr_qmat *w = c->w;
+    const pn_span_fn span = pn_pick(w);
+    const int par = (double)(p1 - p0) * LR_PANEL * (double)(r1 - r0) * (double)w->k >= (double)LR_PAR_MIN_WORK;
+    (void)par;
+    if (r1 <= r0 || p1 <= p0) return;
+    LR_OMP(parallel if (par))
+    {
+        /* panels handed out in shrinking runs (guided): threads rarely get equal shares of the memory
+         * bandwidth, so equal static shares would leave one waiting at the end of every layer, and
+         * small last runs keep that wait short */
+        LR_OMP(for schedule(guided, 2))
+        for (int64_t p = p0; p < p1; p++) span(c, r0, r1, p, p + 1);   /* a panel stays in L1/L2 over the rows */
+    }
+}
+
+LR_UNUSED static void x86_qgemm_i8_panels(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
+    pn_ctx c;
+    pn_init(&c, w, a, y, ldy);
+    pn_run(&c, 0, a->rows, 0, (w->n + LR_PANEL - 1) / LR_PANEL);
+}
+
+#endif

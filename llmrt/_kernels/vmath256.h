@@ -1,0 +1,41 @@
+/* Vector math on 256-bit registers for the AVX2 tiers (included by avx2_impl.h). */
+#ifndef LLMRT_VMATH256_H
+#define LLMRT_VMATH256_H
+
+/* e^x with the polynomial of vmath512.h (|relative error| < 2 ulp); below -87.3 it flushes to 0,
+ * above 88.3 it is +inf (2^n is built from the exponent bits, so n stays within [-126, 127]). */
+LR_INLINE __m256 vm_exp256(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.3f);
+    const __m256 live = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);   /* -inf and NaN -> 0 */
+    const __m256 big = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    const __m256 v = _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
+    return _mm256_blendv_ps(v, _mm256_set1_ps(INFINITY), big);
+}
+
+static void x86_silu_mul(const float *gu, int64_t ld, int64_t rows, int64_t ff, float *out, int64_t ldo) {
+    LR_OMP(parallel for schedule(static) if (rows * ff >= LR_PAR_MIN_WORK))
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < ff; i += 8) {
+            const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)lr_min64(8, ff - i)),
+                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            const __m256 g = _mm256_maskload_ps(gu + r * ld + i, m), u = _mm256_maskload_ps(gu + r * ld + ff + i, m);
+            const __m256 ex = vm_exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+            const __m256 s = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), ex));
+            _mm256_maskstore_ps(out + r * ldo + i, m, _mm256_mul_ps(s, u));
+        }
+}
+
+#endif
