@@ -5,6 +5,7 @@ only argparse at import time (heavy imports happen inside the command) so `--hel
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from llmrt.cli import bench, common, convert, inference, info, perplexity, quantize, run
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers' advice that PyTorch is missing is noise here: nothing the CLI runs needs it
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
