@@ -110,3 +110,12 @@ def rope_scaling_of(hf: dict) -> dict | None:
         return None
     kind = s.get("rope_type", s.get("type", "default"))
     return None if kind in (None, "default") else dict(s)
+
+
+def gguf_shared_fields(meta: dict) -> dict:
+    """ModelConfig fields every family reads from GGUF metadata the same way: a head tied to the
+    embedding when the file has no output tensor, and the special token ids."""
+    return dict(tie_word_embeddings="output.weight" not in meta.get("__tensor_names__", ()),
+                bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+                eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+                pad_token_id=meta.get("tokenizer.ggml.padding_token_id"))

@@ -7,7 +7,8 @@ import re
 import numpy as np
 
 from llmrt.config import ModelConfig
-from llmrt.models.base import Family, Tensors, hf_get, register, rope_scaling_of, rope_theta_of
+from llmrt.models.base import (Family, Tensors, gguf_shared_fields, hf_get, register, rope_scaling_of,
+                               rope_theta_of)
 
 _LAYER = re.compile(r"gpt_neox\.layers\.(\d+)\.(.+)")
 _LAYER_NAMES = {
@@ -132,10 +133,7 @@ class GPTNeoX(Family):
             rotary_dim=int(meta.get(f"{a}.rope.dimension_count", hidden // n_head)),
             rope_theta=float(meta.get(f"{a}.rope.freq_base", 10000.0)),
             max_position_embeddings=int(meta.get(f"{a}.context_length", 2048)),
-            tie_word_embeddings="output.weight" not in meta.get("__tensor_names__", ()),
-            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-            eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
-            pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+            **gguf_shared_fields(meta),
         )
 
     @classmethod

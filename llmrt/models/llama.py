@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from llmrt.config import ModelConfig
-from llmrt.models.base import Family, Tensors, hf_get, register, rope_scaling_of, rope_theta_of
+from llmrt.models.base import (Family, Tensors, gguf_shared_fields, hf_get, register, rope_scaling_of,
+                               rope_theta_of)
 
 _HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _HF_LAYER_NAMES = {
@@ -121,10 +122,7 @@ class Llama(Family):
             rope_scaling=scaling,
             sliding_window=int(meta.get(f"{a}.attention.sliding_window", 0)),
             max_position_embeddings=int(meta.get(f"{a}.context_length", 2048)),
-            tie_word_embeddings="output.weight" not in meta.get("__tensor_names__", ()),
-            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-            eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
-            pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+            **gguf_shared_fields(meta),
         )
 
     @classmethod
