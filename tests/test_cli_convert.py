@@ -387,7 +387,7 @@ def test_convert_streams_tensor_by_tensor(tmp_path):
     for outtype in ("f16", "q8_0", "llmrt"):              # llmrt: `llmrt quantize` to an int4 .llmrt file
         out = tmp_path / (f"big-{outtype}.gguf" if outtype != "llmrt" else "big.llmrt")
         r = subprocess.run([sys.executable, "-c", _SAMPLE_PEAK, str(d), str(out), outtype], capture_output=True,
-                           text=True, timeout=300)
+                           text=True, cwd="/", timeout=300)
         assert r.returncode == 0, r.stderr
         grown = int(r.stdout.strip().splitlines()[-1])
         assert grown < total / 3, (outtype, grown, total)

@@ -290,7 +290,7 @@ def test_load_tokenizer_on_gguf_never_imports_torch():
         print(t(text).input_ids)
         assert sys.modules.get('torch') is None, 'torch was imported'
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
     assert r.returncode == 0, r.stderr
     text, ids = r.stdout.strip().splitlines()[-2:]
     assert eval(text).endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
