@@ -80,6 +80,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=40)
+    p.add_argument("--top_p", type=float, default=0.95)
+    p.add_argument("--repeat_penalty", type=float, default=1.0)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="load (quantizing if needed) and generate; default model SmolLM2-135M-Instruct")
     r.add_argument("model", nargs="?", help="HF model dir, .gguf or .llmrt file (default: SmolLM2-135M-Instruct)")
@@ -87,11 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("-n", "--n_predict", type=int, default=64, help="new tokens to generate")
     r.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     r.add_argument("-c", "--ctx_size", type=int, default=0, help="context size (default: prompt + n_predict)")
-    r.add_argument("--seed", type=int, default=None)
-    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    r.add_argument("--top_k", type=int, default=40)
-    r.add_argument("--top_p", type=float, default=0.95)
-    r.add_argument("--repeat_penalty", type=float, default=1.0)
+    _add_sampling_args(r)
     r.add_argument("--color", action="store_true", help="color the prompt and the answer")
     r.add_argument("--no_chat", action="store_true", help="do not wrap the prompt in the chat template")
     r.add_argument("--tokenizer", default=None, help="tokenizer directory when the model is an .llmrt file")
@@ -107,11 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="StreamingLLM: tokens kept from the start when the context is full (-1: the first prompt)")
     c.add_argument("--shift_roped_k", action="store_true", help="StreamingLLM ring buffer instead of re-evaluation")
     c.add_argument("--system", default=None, help="system prompt")
-    c.add_argument("--seed", type=int, default=None)
-    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    c.add_argument("--top_k", type=int, default=40)
-    c.add_argument("--top_p", type=float, default=0.95)
-    c.add_argument("--repeat_penalty", type=float, default=1.0)
+    _add_sampling_args(c)
     c.add_argument("--color", action="store_true", help="color the answers")
     c.add_argument("--tokenizer", default=None, help="tokenizer directory when the model is an .llmrt file")
     add_quant_args(c)
