@@ -82,3 +82,40 @@ def _restore_isa():
 
 def max_rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+# ------------------------------------------------------------------ which ISA tiers the run exercised
+_NODE_TIER: dict[str, str] = {}
+_TIER_OUTCOMES: dict[str, dict[str, int]] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and isinstance(callspec.params.get("tier"), str):
+            _NODE_TIER[item.nodeid] = callspec.params["tier"]
+
+
+def pytest_runtest_logreport(report):
+    tier = _NODE_TIER.get(report.nodeid)
+    if tier and (report.when == "call" or (report.when == "setup" and not report.passed)):
+        counts = _TIER_OUTCOMES.setdefault(tier, {})
+        counts[report.outcome] = counts.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per kernel tier: tested (with the outcomes of its tier-parametrized tests), or why not."""
+    from llmrt._kernels import _ops
+    compiled, supported = set(_ops.compiled_tiers()), set(_ops.supported_tiers())
+    terminalreporter.section("ISA tiers")
+    for tier in _ops.TIER_NAMES:
+        counts = _TIER_OUTCOMES.get(tier)
+        if counts:
+            detail = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+            terminalreporter.write_line(f"tier {tier}: tested ({detail})")
+        elif tier in supported:
+            terminalreporter.write_line(f"tier {tier}: runnable here, but no test of this run selected it")
+        elif tier in compiled:
+            terminalreporter.write_line(f"tier {tier}: built, not runnable on this CPU")
+        else:
+            terminalreporter.write_line(f"tier {tier}: not built (the compiler lacks its flags)")

@@ -349,9 +349,9 @@ ATTN_CASES = list(itertools.product(
 ))
 
 
-# (head_dim, ctx, n_tok, pos0): odd head size; several query blocks, key tiles and head_dim > 64;
-# one decode row at the end of the cache
-ATTN_SHAPES = [(40, 24, 5, 9), (128, 100, 40, 50), (64, 70, 1, 69)]
+# (head_dim, ctx, n_tok, pos0): head sizes that are not multiples of 16 (40) or of 8 (20, also decode);
+# several query blocks, key tiles and head_dim > 64; one decode row at the end of the cache
+ATTN_SHAPES = [(40, 24, 5, 9), (20, 30, 3, 20), (20, 30, 1, 29), (128, 100, 40, 50), (64, 70, 1, 69)]
 
 
 @pytest.mark.parametrize("tier", TIERS)

@@ -1,5 +1,5 @@
-/* avx2 tier: maddubs/madd int8 GEMMs (canonical and panels), F16C/FMA float GEMMs, vector gated SiLU
- * (avx2_impl.h); attention stays generic. */
+/* avx2 tier: maddubs/madd int8 GEMMs (canonical and panels), F16C/FMA float GEMMs, attention and the gated SiLU on
+ * 256-bit vectors (avx2_impl.h). */
 #define LR_VNNI 0
 #include "avx2_impl.h"
 
@@ -12,6 +12,6 @@ const lr_kernels lr_kernels_avx2 = {
     ft_qgemm_bf16,
     ft_gemm_f32,
     ft_gemm_f16,
-    generic_attention,
+    x86_attention,
     x86_silu_mul,
 };

@@ -266,6 +266,6 @@ LR_INLINE void i8_tile(const i8_ctx *c, int64_t r0, int64_t j0, const int R, con
 
 #include "i8_drive.h"
 #include "panel256.h"
-#include "vmath256.h"
+#include "attn256.h"
 
 #endif

@@ -11,6 +11,6 @@ const lr_kernels lr_kernels_avx_vnni = {
     ft_qgemm_bf16,
     ft_gemm_f32,
     ft_gemm_f16,
-    generic_attention,
+    x86_attention,
     x86_silu_mul,
 };
