@@ -28,6 +28,11 @@
 #ifndef PN_ACCG
 #define PN_ACCG 0
 #endif
+/* prefill tiles read block-major activations (one pointer for all rows of a tile: the scalar
+ * registers and loads of a pointer per row were a large part of the 4-row int4 loop) */
+#define PN_PACK_ACT 1
+/* AVX2: int4 sums start at 0 and the -8 * sum_a term is added per group in floats (packed tiles) */
+#define PN_INT_INIT LR_VNNI
 
 typedef __m256i pn_vi;
 typedef __m256 pn_vf;
@@ -112,7 +117,11 @@ LR_INLINE pn_a4 pn_a4_init(pn_vi init) {
     return _mm256_setzero_si256();
 }
 LR_INLINE pn_a4 pn_a4_step(pn_a4 a, pn_w4 w, pn_vi xl, pn_vi xh) {
-    return _mm256_add_epi16(a, _mm256_add_epi16(_mm256_maddubs_epi16(w.lo, xl), _mm256_maddubs_epi16(w.hi, xh)));
+    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(w.lo, xl));
+    LR_PIN(a);
+    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(w.hi, xh));
+    LR_PIN(a);
+    return a;
 }
 LR_INLINE pn_vi pn_a4_end(pn_a4 a, pn_vi init) {
     return _mm256_add_epi32(_mm256_madd_epi16(a, _mm256_set1_epi16(1)), init);

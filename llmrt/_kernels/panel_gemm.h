@@ -44,6 +44,13 @@
 #define PN_PREFETCH 4096
 #endif
 
+#ifndef PN_PACK_ACT
+#define PN_PACK_ACT 0
+#endif
+#ifndef PN_INT_INIT
+#define PN_INT_INIT 1
+#endif
+
 typedef struct {
     const lr_qmat *w;
     const lr_qact *a;
@@ -51,17 +58,29 @@ typedef struct {
     int64_t ldy;
     int32_t B;             /* the offset of the stored unsigned levels */
     int64_t gb;            /* bytes per panel group */
+    /* PN_PACK_ACT (prefill): the activations block-major, so the rows of a tile sit at constant
+     * offsets from one pointer; NULL when not packed */
+    const int8_t *pq;      /* [block][row][32] */
+    const float *pd;       /* [block][row] d_a */
+    const int32_t *ps;     /* [block][row] sum_a */
+    const float *pS;       /* [group][row] sum over the group's blocks of d_a * sum_a */
+    int64_t prow;          /* rows of the packed layout */
 } pn_ctx;
 
 /* Activation rows r0 .. r0+R x slots s0 .. s0+NS of panel p over groups [g0, g1); the sums are added
  * to y unless g0 == 0. */
 LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64_t g1, const int s0, const int R,
-                       const int NS, const int BITS, const int ASYM, const int F16) {
+                       const int NS, const int BITS, const int ASYM, const int F16, const int PACKED) {
     const lr_qmat *w = c->w;
     const lr_qact *a = c->a;
     const int64_t k = w->k, nb = k / LR_QK, ng = k / w->group, bpg = w->group / LR_QK;
     const int64_t bb = BITS == 4 ? 256 : 512, ss = F16 ? 2 : 4;
     const uint8_t *gp = w->panels + (p * ng + g0) * c->gb;
+    /* Without PN_INT_INIT the integer sums of int4 start at 0 (sum of u * x) and the -B * sum_a part
+     * is added per group in floats from pS, like the offsets m (packed tiles only) */
+    const int FOFF4 = PACKED && !PN_INT_INIT && BITS == 4 && !ASYM;
+    const int32_t Bi = FOFF4 ? 0 : c->B;
+    const int64_t prow = c->prow;
     pn_vf acc[PN_RMAX][PN_SMAX];
     const int8_t *xq[PN_RMAX];
     const float *xd[PN_RMAX];
@@ -87,13 +106,17 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
         LR_UNROLL for (int r = 0; r < R; r++) sg[r] = 0.0f;
         for (int64_t bi = 0; bi < bpg; bi++, b++) {
             const uint8_t *blk = gp + bi * bb;
-            for (int v = 0; v < (BITS == 4 ? 4 : 8); v++)
-                _mm_prefetch((const char *)(blk + PN_PREFETCH + 64 * v), _MM_HINT_T1);
+            if (!PACKED)   /* packed tiles (prefill) read each panel chunk from L1 many times */
+                for (int v = 0; v < (BITS == 4 ? 4 : 8); v++)
+                    _mm_prefetch((const char *)(blk + PN_PREFETCH + 64 * v), _MM_HINT_T1);
             const int8_t *xo[PN_RMAX];
+            const int8_t *pqb = PACKED ? c->pq + (b * prow + r0) * LR_QK : NULL;
+            const float *pdb = PACKED ? c->pd + b * prow + r0 : NULL;
+            const int32_t *psb = PACKED ? c->ps + b * prow + r0 : NULL;
             pn_vi init[PN_RMAX], is[PN_RMAX][PN_SMAX];
             LR_UNROLL for (int r = 0; r < R; r++) {
-                xo[r] = xq[r] + b * LR_QK;
-                init[r] = pn_iset1(-c->B * xs[r][b]);
+                xo[r] = PACKED ? pqb + r * LR_QK : xq[r] + b * LR_QK;
+                init[r] = pn_iset1(-Bi * (PACKED ? psb[r] : xs[r][b]));
             }
             if (BITS == 4) {
                 pn_a4 ac[PN_RMAX][PN_SMAX];
@@ -121,7 +144,7 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
                     LR_UNROLL for (int s = 0; s < NS; s++) is[r][s] = pn_a8_end(ac[r][s], init[r]);
             }
             LR_UNROLL for (int r = 0; r < R; r++) {
-                const pn_vf da = pn_fset1(xd[r][b]);
+                const pn_vf da = pn_fset1(PACKED ? pdb[r] : xd[r][b]);
                 LR_UNROLL for (int s = 0; s < NS; s++) {
 #if PN_ACCG
                     accg[r][s] = pn_fma(pn_cvt(is[r][s]), da, accg[r][s]);
@@ -129,18 +152,20 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
                     acc[r][s] = pn_fma(pn_cvt(is[r][s]), pn_fmul(da, dw[s]), acc[r][s]);
 #endif
                 }
-                if (ASYM) sg[r] += xd[r][b] * (float)xs[r][b];
+                if (ASYM && !PACKED) sg[r] += xd[r][b] * (float)xs[r][b];
             }
         }
+        if (PACKED && (ASYM || FOFF4))
+            LR_UNROLL for (int r = 0; r < R; r++) sg[r] = c->pS[g * prow + r0 + r] * (ASYM ? 1.0f : (float)-c->B);
 #if PN_ACCG
         LR_UNROLL for (int s = 0; s < NS; s++) {
             const pn_vf dws = pn_scales(sp + (s0 + s) * PN_LANES * ss, F16);
             LR_UNROLL for (int r = 0; r < R; r++) acc[r][s] = pn_fma(accg[r][s], dws, acc[r][s]);
         }
 #endif
-        if (ASYM) {
+        if (ASYM || FOFF4) {   /* offsets m * S_g, or -B * d_w * S_g */
             LR_UNROLL for (int s = 0; s < NS; s++) {
-                const pn_vf mw = pn_scales(sp + LR_PANEL * ss + (s0 + s) * PN_LANES * ss, F16);
+                const pn_vf mw = pn_scales(sp + (ASYM ? LR_PANEL * ss : 0) + (s0 + s) * PN_LANES * ss, F16);
                 LR_UNROLL for (int r = 0; r < R; r++) acc[r][s] = pn_fma(mw, pn_fset1(sg[r]), acc[r][s]);
             }
         }
@@ -156,16 +181,16 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
 }
 
 /* Tiles of up to RMAX rows (R a compile-time constant in each case). */
-#define PN_ROWS_CASE(n, RMAX, S0, NS)                                                      \
+#define PN_ROWS_CASE(n, RMAX, S0, NS, PK)                                                  \
     case n:                                                                                \
-        if (n <= RMAX) pn_tile(c, r, p, g0, g1, S0, (n <= RMAX ? n : 1), NS, BITS, ASYM, F16); \
+        if (n <= RMAX) pn_tile(c, r, p, g0, g1, S0, (n <= RMAX ? n : 1), NS, BITS, ASYM, F16, PK); \
         break;
-#define PN_ROWS(RMAX, S0, NS)                                                              \
+#define PN_ROWS(RMAX, S0, NS, PK)                                                          \
     for (int64_t r = r0; r < r1; r += RMAX) {                                              \
         switch (lr_min64(RMAX, r1 - r)) {                                                  \
-            PN_ROWS_CASE(1, RMAX, S0, NS) PN_ROWS_CASE(2, RMAX, S0, NS)                    \
-            PN_ROWS_CASE(3, RMAX, S0, NS) PN_ROWS_CASE(4, RMAX, S0, NS)                    \
-            PN_ROWS_CASE(5, RMAX, S0, NS) default: PN_ROWS_CASE(6, RMAX, S0, NS)           \
+            PN_ROWS_CASE(1, RMAX, S0, NS, PK) PN_ROWS_CASE(2, RMAX, S0, NS, PK)            \
+            PN_ROWS_CASE(3, RMAX, S0, NS, PK) PN_ROWS_CASE(4, RMAX, S0, NS, PK)            \
+            PN_ROWS_CASE(5, RMAX, S0, NS, PK) default: PN_ROWS_CASE(6, RMAX, S0, NS, PK)   \
         }                                                                                  \
     }
 
@@ -177,12 +202,15 @@ LR_INLINE void pn_span_t(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, in
     for (int64_t p = p0; p < p1; p++) {
         if (PN_RD > 0 && r1 - r0 <= PN_RD) {
             const int64_t g0 = 0, g1 = ng;
-            PN_ROWS(PN_RD, 0, PN_SLOTS)
+            PN_ROWS(PN_RD, 0, PN_SLOTS, 0)
         } else {
             for (int64_t g0 = 0; g0 < ng; g0 += gc) {
                 const int64_t g1 = lr_min64(g0 + gc, ng);
                 /* PN_NSB slots at a time: fewer slots, more activation rows per weight vector */
-                for (int s0 = 0; s0 < PN_SLOTS; s0 += PN_NSB(BITS)) PN_ROWS(PN_RB(BITS), s0, PN_NSB(BITS))
+                for (int s0 = 0; s0 < PN_SLOTS; s0 += PN_NSB(BITS)) {
+                    if (PN_PACK_ACT && c->pq) PN_ROWS(PN_RB(BITS), s0, PN_NSB(BITS), 1)
+                    else PN_ROWS(PN_RB(BITS), s0, PN_NSB(BITS), 0)
+                }
             }
         }
     }
@@ -209,12 +237,44 @@ static int64_t pn_group_bytes(const lr_qmat *w) {
 }
 
 static void pn_init(pn_ctx *c, const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
+    memset(c, 0, sizeof(*c));
     c->w = w;
     c->a = a;
     c->y = y;
     c->ldy = ldy;
     c->B = w->bits == 8 ? 128 : (w->panel_m ? 0 : 8);
     c->gb = pn_group_bytes(w);
+}
+
+/* PN_PACK_ACT: the activations of a prefill call block-major in the calling thread's scratch (a
+ * copy of rows * k bytes, small beside the GEMM); left unpacked when the scratch cannot grow. */
+static void pn_pack_act(pn_ctx *c) {
+    const lr_qact *a = c->a;
+    const int64_t rows = a->rows, k = a->k, nb = k / LR_QK, bpg = c->w->group / LR_QK, ng = k / c->w->group;
+    const size_t bytes = (size_t)(rows * k) + (size_t)(rows * nb) * (sizeof(float) + sizeof(int32_t)) +
+                         (size_t)(rows * ng) * sizeof(float);
+    int8_t *q = (int8_t *)lr_thread_scratch(LR_SCRATCH_ACT, bytes);
+    if (!q) return;
+    float *d = (float *)(q + rows * k);
+    int32_t *sum = (int32_t *)(d + rows * nb);
+    float *S = (float *)(sum + rows * nb);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t b = 0; b < nb; b++) {
+            memcpy(q + (b * rows + r) * LR_QK, a->q + r * k + b * LR_QK, LR_QK);
+            d[b * rows + r] = a->d[r * nb + b];
+            sum[b * rows + r] = a->sum[r * nb + b];
+        }
+        for (int64_t g = 0; g < ng; g++) {
+            float sg = 0.0f;   /* the order of the unpacked tiles' running sum */
+            for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) sg += a->d[r * nb + b] * (float)a->sum[r * nb + b];
+            S[g * rows + r] = sg;
+        }
+    }
+    c->pq = q;
+    c->pd = d;
+    c->ps = sum;
+    c->pS = S;
+    c->prow = rows;
 }
 
 /* Activation rows [r0, r1) x panels [p0, p1), panels split between the threads. */
@@ -237,6 +297,7 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
 LR_UNUSED static void x86_qgemm_i8_panels(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
     pn_ctx c;
     pn_init(&c, w, a, y, ldy);
+    if (PN_PACK_ACT && a->rows > PN_RD) pn_pack_act(&c);
     pn_run(&c, 0, a->rows, 0, (w->n + LR_PANEL - 1) / LR_PANEL);
 }
 
