@@ -137,8 +137,10 @@ LR_INLINE pn_a8 pn_a8_init(pn_vi init) {
 }
 LR_INLINE pn_a8 pn_a8_step(pn_a8 a, pn_w8 w, pn_vi x, const int odd) {
     (void)odd;
-    return _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(w.u, _mm256_sign_epi8(x, w.q)),
-                                                 _mm256_set1_epi16(1)));
+    a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(w.u, _mm256_sign_epi8(x, w.q)),
+                                              _mm256_set1_epi16(1)));
+    LR_PIN(a);
+    return a;
 }
 LR_INLINE pn_vi pn_a8_end(pn_a8 a, pn_vi init) {
     (void)init;
