@@ -9,13 +9,14 @@ import time
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int8_t, int32_t, int64_t, uint16_t
-from libc.string cimport memcpy
+from libc.stdint cimport int8_t, int32_t, int64_t
 from libc.math cimport cos, sin
 from cython.parallel cimport prange
 
 from llmrt._kernels._ops cimport ActScratch, Linear, active_kernels
-from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, lr_f32_to_f16, lr_f16_to_f32, LR_QK
+from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, LR_QK
+from llmrt._core.kvcache cimport KVCache, store_row
+from llmrt._core.streaming import KeyShifter
 from llmrt._core.ops cimport (rms_norm, layer_norm, rotary, activate,
                               ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU)
 
@@ -37,119 +38,6 @@ cdef enum:
     EMBED_WINDOWS = 4
 
 
-cdef class KVCache:
-    """Keys and values of one sequence for every layer: (n_layer, n_kv_head, ctx, head_dim).
-
-    Logical token i (0 <= i < n_past) has the rotary position pos_base + i.  Slots hold logical
-    tokens in order until a StreamingLLM ring wraps (Engine.ring_advance): then slots [0, ring_keep)
-    keep the first tokens (the attention sinks) and logical token ring_keep + j sits in slot
-    ring_keep + (ring_head + j) % (ctx - ring_keep).  Attention does not care about slot order,
-    only about the rotation each key carries, so a wrapped ring still decodes one token at a time."""
-    cdef readonly cnp.ndarray k
-    cdef readonly cnp.ndarray v
-    cdef readonly int64_t ctx
-    cdef public int64_t n_past
-    cdef public int64_t kv_begin
-    cdef readonly int64_t pos_base
-    cdef readonly int64_t ring_keep
-    cdef readonly int64_t ring_head
-    # f32 copy of the sink keys as rotated at position base sinks_base: the sinks are re-rotated
-    # from it on every shift, so f16 rounding does not pile up over thousands of shifts
-    cdef object sinks
-    cdef int64_t sinks_base
-
-    def __init__(self, int n_layer, int n_kv_head, int64_t ctx, int head_dim, dtype="f16"):
-        if dtype not in ("f16", "f32"):
-            raise ValueError(f"memory_dtype must be 'f16' or 'f32', got {dtype!r}")
-        if ctx <= 0:
-            raise ValueError(f"ctx_size must be positive, got {ctx}")
-        npdt = np.float16 if dtype == "f16" else np.float32
-        self.k = np.zeros((n_layer, n_kv_head, ctx, head_dim), dtype=npdt)
-        self.v = np.zeros((n_layer, n_kv_head, ctx, head_dim), dtype=npdt)
-        self.ctx = ctx
-        self.reset()
-
-    @property
-    def dtype(self):
-        return "f16" if self.k.dtype == np.float16 else "f32"
-
-    @property
-    def nbytes(self):
-        return self.k.nbytes + self.v.nbytes
-
-    @property
-    def wrapped(self):
-        """True while the ring's slot order differs from the logical order."""
-        return self.ring_head != 0
-
-    def reset(self):
-        self.n_past = 0
-        self.kv_begin = 0
-        self.pos_base = 0
-        self.ring_keep = 0
-        self.ring_head = 0
-        self.sinks = None
-        self.sinks_base = 0
-
-    cdef int64_t _slot(self, int64_t i) noexcept:
-        if self.ring_head == 0 or i < self.ring_keep:
-            return i
-        return self.ring_keep + (self.ring_head + i - self.ring_keep) % (self.ctx - self.ring_keep)
-
-    def slot(self, int64_t i):
-        """Cache slot of logical token i."""
-        if i < 0 or i >= self.ctx:
-            raise IndexError(f"logical index {i} outside a cache of {self.ctx}")
-        return self._slot(i)
-
-    def linearize(self):
-        """Put the ring back in logical order (needed before several tokens are fed at once)."""
-        if self.ring_head == 0:
-            return
-        keep, head = self.ring_keep, self.ring_head
-        for arr in (self.k, self.v):
-            arr[:, :, keep:] = np.roll(arr[:, :, keep:], -head, axis=2)
-        self.ring_head = 0
-
-    def truncate(self, int64_t n):
-        """Forget every token from logical index n on (they are recomputed or replaced next)."""
-        if n < 0 or n > self.n_past:
-            raise ValueError(f"cannot truncate a cache of {self.n_past} tokens to {n}")
-        self.linearize()
-        self.n_past = n
-        if n < self.ring_keep:
-            self.ring_keep = 0
-            self.sinks = None
-
-    def copy_from(self, KVCache other):
-        """Become a copy of other (same model and capacity), e.g. when a beam is forked."""
-        if other is self:
-            return
-        if other.k.shape[0] != self.k.shape[0] or other.k.shape[1] != self.k.shape[1] or \
-                other.k.shape[3] != self.k.shape[3] or other.ctx != self.ctx or other.k.dtype != self.k.dtype:
-            raise ValueError("copy_from needs a cache of the same model, capacity and dtype")
-        used = other.ctx if other.ring_head != 0 else other.n_past
-        self.k[:, :, :used] = other.k[:, :, :used]
-        self.v[:, :, :used] = other.v[:, :, :used]
-        self.n_past, self.kv_begin, self.pos_base = other.n_past, other.kv_begin, other.pos_base
-        self.ring_keep, self.ring_head = other.ring_keep, other.ring_head
-        self.sinks = None if other.sinks is None else other.sinks.copy()
-        self.sinks_base = other.sinks_base
-
-    def resized(self, int64_t ctx):
-        """A new cache of capacity ctx holding the same tokens (a cache grows as a sequence does)."""
-        if ctx < self.n_past:
-            raise ValueError(f"a cache of {ctx} cannot hold the {self.n_past} cached tokens")
-        self.linearize()
-        out = KVCache(self.k.shape[0], self.k.shape[1], ctx, self.k.shape[3], self.dtype)
-        n = self.n_past
-        out.k[:, :, :n] = self.k[:, :, :n]
-        out.v[:, :, :n] = self.v[:, :, :n]
-        out.n_past, out.kv_begin, out.pos_base = n, self.kv_begin, self.pos_base
-        out.ring_keep = self.ring_keep
-        out.sinks = None if self.sinks is None else self.sinks.copy()
-        out.sinks_base = self.sinks_base
-        return out
 
 
 cdef class Layer:
@@ -187,6 +75,8 @@ cdef class Engine:
     cdef object final_norm_w, final_norm_b, inv_freq, emb_norm_w, emb_norm_b
     cdef readonly int64_t max_chunk
     cdef readonly ActScratch act_scratch, head_scratch
+    # StreamingLLM shifts of this model's caches (streaming.pyx)
+    cdef readonly object shifts
     # a mapped embedding read row by row: release(first, end) gives back the pages of its rows
     cdef object embed_release, embed_windows
     cdef int64_t embed_window
@@ -218,6 +108,7 @@ cdef class Engine:
         if self.inv_freq.shape[0] != rot_dim // 2:
             raise ValueError(f"inv_freq must have rot_dim/2 = {rot_dim // 2} values")
         self.window = window
+        self.shifts = KeyShifter(rot_dim, rot_interleaved, self.inv_freq, window)
         self.attn_scale = attn_scale if attn_scale is not None else head_dim ** -0.5
         self.layers = layers
         self.embed, self.lm_head = embed, lm_head
@@ -517,116 +408,20 @@ cdef class Engine:
     # ------------------------------------------------------------ StreamingLLM position shifts
     @property
     def can_shift_keys(self):
-        """Whether cached keys can be moved to other positions by rotation alone (rotary
-        families).  ALiBi joins by shifting nothing and keeping slots in logical order (its bias
-        is taken from slot distance); learned positions cannot shift: re-evaluate instead."""
-        return self.rot_dim > 0
+        """Whether cached keys can be moved to other positions by rotation alone (streaming.py)."""
+        return self.shifts.can_shift_keys
 
     def ring_fits(self, int64_t ctx):
-        """A wrapped ring is attended as one unordered set, so a sliding window must cover it."""
-        return self.can_shift_keys and (self.window <= 0 or self.window >= ctx)
+        return self.shifts.ring_fits(ctx)
 
     def ring_advance(self, KVCache cache, int64_t n_keep):
-        """Make room for one token in a full cache by dropping the oldest token after the first
-        n_keep; the freed slot is where the next token goes (a ring, nothing is moved)."""
-        self._check_shift(cache, n_keep)
-        if cache.n_past != cache.ctx:
-            raise ValueError(f"ring_advance needs a full cache ({cache.n_past} of {cache.ctx} used)")
-        if not self.ring_fits(cache.ctx):
-            raise ValueError(f"a ring of {cache.ctx} does not fit the sliding window {self.window}; use shift_window")
-        if cache.ring_keep != n_keep:
-            cache.linearize()
-            cache.ring_keep = n_keep
-            cache.sinks = None
-        self._capture_sinks(cache)
-        cache.ring_head = (cache.ring_head + 1) % (cache.ctx - n_keep)
-        cache.n_past -= 1
-        self._advance_positions(cache, 1)
+        self.shifts.ring_advance(cache, n_keep)
 
     def shift_window(self, KVCache cache, int64_t n_keep, int64_t n_drop):
-        """Drop n_drop tokens after the first n_keep, moving the later ones down (slots stay in
-        logical order, so several tokens can be fed next)."""
-        self._check_shift(cache, n_keep)
-        if n_drop <= 0 or n_keep + n_drop > cache.n_past:
-            raise ValueError(f"cannot drop {n_drop} tokens after {n_keep} kept from {cache.n_past} cached")
-        cache.linearize()
-        if cache.ring_keep != n_keep:
-            cache.ring_keep = n_keep
-            cache.sinks = None
-        self._capture_sinks(cache)
-        end = cache.n_past
-        for arr in (cache.k, cache.v):
-            arr[:, :, n_keep:end - n_drop] = arr[:, :, n_keep + n_drop:end]
-        cache.n_past -= n_drop
-        self._advance_positions(cache, n_drop)
-
-    cdef void _check_shift(self, KVCache cache, int64_t n_keep) except *:
-        if not self.can_shift_keys:
-            raise ValueError("this model has no rotary positions: its cached keys cannot be shifted "
-                             "(use re-evaluation, shift_roped_k=False)")
-        if n_keep < 0 or n_keep >= cache.ctx - 1:
-            raise ValueError(f"n_keep={n_keep} must leave room in a cache of {cache.ctx}")
-        if cache.n_past < n_keep:
-            raise ValueError(f"n_keep={n_keep} is more than the {cache.n_past} cached tokens")
-
-    cdef void _capture_sinks(self, KVCache cache) except *:
-        if cache.sinks is None:
-            cache.sinks = np.array(cache.k[:, :, :cache.ring_keep], dtype=np.float32)
-            cache.sinks_base = cache.pos_base
-
-    cdef void _advance_positions(self, KVCache cache, int64_t delta) except *:
-        """Every kept token moved delta places closer to the start.  Attention only sees position
-        differences, so instead of rotating every window key back by delta (what neural-speed
-        does) the base moves forward and only the n_keep sink keys rotate forward: O(n_keep)."""
-        cdef int64_t keep = cache.ring_keep
-        cache.pos_base += delta
-        if cache.pos_base >= cache.ctx:
-            # keep rotary angles as small as in an unshifted cache: rotate the window back once
-            first, count = keep, (cache.ctx if cache.ring_head != 0 else cache.n_past) - keep
-            self._rotate(cache.k, cache.k, first, first, count, -<double> cache.pos_base)
-            cache.pos_base = 0
-        if keep > 0:
-            self._rotate(cache.sinks, cache.k, 0, 0, keep, <double> (cache.pos_base - cache.sinks_base))
-
-    cdef void _rotate(self, cnp.ndarray src, cnp.ndarray dst, int64_t src_first, int64_t dst_first,
-                      int64_t count, double delta) except *:
-        """dst[:, :, dst_first:+count] = src[:, :, src_first:+count] rotated by delta positions."""
-        cdef int64_t half = self.rot_dim // 2, L = dst.shape[0], nkv = dst.shape[1], hd = dst.shape[3]
-        cdef int64_t sctx = src.shape[2], dctx = dst.shape[2], l, h, j, i
-        if count <= 0:
-            return
-        cdef cnp.ndarray csn = np.empty(2 * half, np.float32)
-        cdef float *cs = <float *> cnp.PyArray_DATA(csn)
-        cdef const float *inv_freq = <const float *> cnp.PyArray_DATA(self.inv_freq)
-        for i in range(half):
-            cs[i] = <float> cos(delta * inv_freq[i])
-            cs[half + i] = <float> sin(delta * inv_freq[i])
-        cdef cnp.ndarray rown = np.empty(hd, np.float32)
-        cdef float *row = <float *> cnp.PyArray_DATA(rown)
-        cdef bint s16 = src.dtype == np.float16, d16 = dst.dtype == np.float16
-        cdef char *sb = <char *> cnp.PyArray_DATA(src)
-        cdef char *db = <char *> cnp.PyArray_DATA(dst)
-        cdef int64_t se = 2 if s16 else 4, de = 2 if d16 else 4
-        cdef int64_t soff, doff
-        with nogil:
-            for l in range(L):
-                for h in range(nkv):
-                    for j in range(count):
-                        soff = ((l * nkv + h) * sctx + src_first + j) * hd
-                        doff = ((l * nkv + h) * dctx + dst_first + j) * hd
-                        _load(sb + soff * se, row, hd, s16)
-                        rotary(row, 1, hd, self.rot_dim, self.interleaved, cs, cs + half)
-                        _store(row, db + doff * de, hd, d16)
+        self.shifts.shift_window(cache, n_keep, n_drop)
 
     def logical_kv(self, KVCache cache):
-        """Keys and values (n_layer, n_kv_head, n_past, head_dim) float32 in logical order, keys
-        rotated as if the sequence started at position 0 (for inspection and tests)."""
-        order = np.array([cache._slot(i) for i in range(cache.n_past)], dtype=np.int64)
-        k = np.ascontiguousarray(cache.k[:, :, order], dtype=np.float32)
-        v = np.ascontiguousarray(cache.v[:, :, order], dtype=np.float32)
-        if cache.pos_base and self.rot_dim:
-            self._rotate(k, k, 0, 0, k.shape[2], -<double> cache.pos_base)
-        return k, v
+        return self.shifts.logical_kv(cache)
 
     cdef void _norm_rows(self, const float *x, float *out, const float *w, const float *b, int64_t rows) noexcept nogil:
         cdef int64_t t, H = self.hidden
@@ -676,8 +471,8 @@ cdef class Engine:
             rotary(src, nh + nkv, hd, self.rot_dim, self.interleaved, cs + row * half, sn + row * half)
         for kvh in range(nkv):
             off = ((l * nkv + kvh) * sg[s, 4] + sg[s, 1] + t) * hd * esize
-            _store(src + (nh + kvh) * hd, <char *> bp[s, 0] + off, hd, kv16)
-            _store(src + (nh + nkv + kvh) * hd, <char *> bp[s, 1] + off, hd, kv16)
+            store_row(src + (nh + kvh) * hd, <char *> bp[s, 0] + off, hd, kv16)
+            store_row(src + (nh + nkv + kvh) * hd, <char *> bp[s, 1] + off, hd, kv16)
 
     cdef void _rope_store_rows(self, float *qkv, int64_t rows, int64_t seg_rows, int64_t[:, ::1] sg,
                                size_t[:, ::1] bp, const float *cs, const float *sn, int64_t l,
@@ -737,25 +532,3 @@ cdef class Engine:
         self._final_norm_rows(rows - 1, 1)
         with nogil:
             self.lm_head.apply(h, self.hidden, 1, y, self.vocab, aq, ad, asum)
-
-
-cdef inline void _load(const char *src, float *dst, int64_t n, bint f16) noexcept nogil:
-    cdef int64_t i
-    cdef const uint16_t *s16
-    if f16:
-        s16 = <const uint16_t *> src
-        for i in range(n):
-            dst[i] = lr_f16_to_f32(s16[i])
-    else:
-        memcpy(dst, src, n * sizeof(float))
-
-
-cdef inline void _store(const float *src, char *dst, int64_t n, bint f16) noexcept nogil:
-    cdef int64_t i
-    cdef uint16_t *d16
-    if f16:
-        d16 = <uint16_t *> dst
-        for i in range(n):
-            d16[i] = lr_f32_to_f16(src[i])
-    else:
-        memcpy(dst, src, n * sizeof(float))

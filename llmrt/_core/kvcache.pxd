@@ -1,0 +1,47 @@
+# The KV cache of one sequence, and the fp16/fp32 row copies every user of it needs.
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uint16_t
+from libc.string cimport memcpy
+
+from llmrt._kernels.kernels cimport lr_f32_to_f16, lr_f16_to_f32
+
+
+cdef class KVCache:
+    cdef readonly cnp.ndarray k
+    cdef readonly cnp.ndarray v
+    cdef readonly int64_t ctx
+    cdef public int64_t n_past
+    cdef public int64_t kv_begin
+    cdef readonly int64_t pos_base
+    cdef readonly int64_t ring_keep
+    cdef readonly int64_t ring_head
+    # f32 copy of the sink keys as rotated at position base sinks_base: the sinks are re-rotated
+    # from it on every shift, so f16 rounding does not pile up over thousands of shifts
+    cdef object sinks
+    cdef int64_t sinks_base
+
+    cdef int64_t _slot(self, int64_t i) noexcept
+
+
+cdef inline void load_row(const char *src, float *dst, int64_t n, bint f16) noexcept nogil:
+    """n cache values (fp16 or fp32) at src as floats."""
+    cdef int64_t i
+    cdef const uint16_t *s16
+    if f16:
+        s16 = <const uint16_t *> src
+        for i in range(n):
+            dst[i] = lr_f16_to_f32(s16[i])
+    else:
+        memcpy(dst, src, n * sizeof(float))
+
+
+cdef inline void store_row(const float *src, char *dst, int64_t n, bint f16) noexcept nogil:
+    """n floats into the cache at dst (fp16 or fp32)."""
+    cdef int64_t i
+    cdef uint16_t *d16
+    if f16:
+        d16 = <uint16_t *> dst
+        for i in range(n):
+            d16[i] = lr_f32_to_f16(src[i])
+    else:
+        memcpy(dst, src, n * sizeof(float))
