@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from llmrt.blockspec import BlockSpec
+
 
 @dataclass
 class ModelConfig:
@@ -53,6 +55,13 @@ class ModelConfig:
         if kind == "llama3":
             return _llama3_inv_freq(inv, scaling)
         raise NotImplementedError(f"rope_scaling type {kind!r} is not supported yet (supported: linear, llama3)")
+
+    def block_spec(self) -> BlockSpec:
+        """The decoder block these hyper-parameters describe, as the engine takes it."""
+        return BlockSpec(n_heads=self.num_heads, n_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                         norm=self.norm, norm_eps=self.norm_eps, mlp=self.mlp, residual=self.residual,
+                         rotary_dim=self.rotary_dim, rotary_interleaved=self.rotary_interleaved,
+                         inv_freq=self.inv_freq(), sliding_window=self.sliding_window)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

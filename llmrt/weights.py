@@ -158,14 +158,11 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
                             _dense(t, p + "attn_norm.weight"), _dense(t, p + "attn_norm.bias"),
                             _dense(t, p + "mlp_norm.weight"), _dense(t, p + "mlp_norm.bias")))
         done(p)
-    engine = Engine(hidden=cfg.hidden_size, n_head=cfg.num_heads, n_kv_head=cfg.num_kv_heads,
-                  head_dim=cfg.head_dim, vocab=cfg.vocab_size, norm=cfg.norm, eps=cfg.norm_eps,
-                  mlp=cfg.mlp, residual=cfg.residual, rot_dim=cfg.rotary_dim,
-                  rot_interleaved=cfg.rotary_interleaved, inv_freq=cfg.inv_freq(), layers=layers,
-                  embed=embed, lm_head=lm_head, final_norm_w=_dense(t, "final_norm.weight"),
-                  final_norm_b=_dense(t, "final_norm.bias"), emb_norm_w=_dense(t, "emb_norm.weight"),
-                  emb_norm_b=_dense(t, "emb_norm.bias"), window=cfg.sliding_window, max_chunk=max_chunk,
-                  two_pass={"int8": "none", "auto": "down", "high": "all"}[two_pass])
+    engine = Engine(hidden=cfg.hidden_size, vocab=cfg.vocab_size, spec=cfg.block_spec(), layers=layers,
+                    embed=embed, lm_head=lm_head, final_norm_w=_dense(t, "final_norm.weight"),
+                    final_norm_b=_dense(t, "final_norm.bias"), emb_norm_w=_dense(t, "emb_norm.weight"),
+                    emb_norm_b=_dense(t, "emb_norm.bias"), max_chunk=max_chunk,
+                    two_pass={"int8": "none", "auto": "down", "high": "all"}[two_pass])
     if untied and row_release is not None:
         # an untied embedding is only read a row at a time: give its pages back as they are read
         planes = [embed_w] if isinstance(embed_w, np.ndarray) else [embed_w.qs, embed_w.d, embed_w.m]

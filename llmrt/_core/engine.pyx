@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The decoder-block loop shared by every family.
 
-A family describes its blocks with a handful of switches (norm kind, rotary style, MLP kind,
-parallel residual) and hands over Linear layers with fused QKV rows [Q heads; K heads; V heads]
+A family describes its blocks with one BlockSpec (llmrt/blockspec.py: norm, rotary, MLP kind,
+residual style, window) and hands over Linear layers with fused QKV rows [Q heads; K heads; V heads]
 and, for gated MLPs, fused rows [gate; up].  Everything per token runs here without the GIL.
 """
 import time
@@ -17,15 +17,23 @@ from llmrt._kernels._ops cimport ActScratch, Linear, active_kernels
 from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, LR_QK
 from llmrt._core.kvcache cimport KVCache, store_row
 from llmrt._core.streaming import KeyShifter
+from llmrt.blockspec import BlockSpec
 from llmrt._core.ops cimport (rms_norm, layer_norm, rotary, activate,
                               ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU)
 
 cnp.import_array()
 
-NORMS = {"rms": 0, "layer": 1}
-MLPS = {"gated_silu": 0, "silu": ACT_SILU + 10, "gelu": ACT_GELU + 10,
-        "gelu_tanh": ACT_GELU_TANH + 10, "relu": ACT_RELU + 10}
-RESIDUALS = {"sequential": 0, "parallel": 1, "parallel_shared_norm": 2}
+# the block spec's strings as the enums the loop switches on
+cdef enum NormKind:
+    NORM_RMS
+    NORM_LAYER
+cdef enum ResidualKind:
+    RES_SEQUENTIAL
+    RES_PARALLEL
+    RES_PARALLEL_SHARED_NORM
+NORMS = {"rms": NORM_RMS, "layer": NORM_LAYER}
+ACTIVATIONS = {"silu": ACT_SILU, "gelu": ACT_GELU, "gelu_tanh": ACT_GELU_TANH, "relu": ACT_RELU}
+RESIDUALS = {"sequential": RES_SEQUENTIAL, "parallel": RES_PARALLEL, "parallel_shared_norm": RES_PARALLEL_SHARED_NORM}
 # rows of the output head per two-pass weight pass (decode and beams need few; prefill asks for one)
 HEAD_TWO_PASS_ROWS = 32
 # from this many rows on, the per-row work between the GEMMs (norms, rotary, KV stores, residual
@@ -68,7 +76,12 @@ cdef class Engine:
     """Runs token chunks through embedding, blocks, final norm and head."""
     cdef readonly int n_layer, hidden, n_head, n_kv_head, head_dim, rot_dim, vocab
     cdef readonly int64_t window
-    cdef int norm_kind, mlp_kind, residual, interleaved
+    # the block spec (blockspec.BlockSpec) and its switches as enums
+    cdef readonly object spec
+    cdef NormKind norm_kind
+    cdef ResidualKind residual
+    cdef bint gated
+    cdef int act_kind, interleaved
     cdef float eps, attn_scale
     cdef readonly list layers
     cdef readonly Linear embed, lm_head
@@ -85,31 +98,26 @@ cdef class Engine:
     # scratch, sized for max_chunk rows
     cdef cnp.ndarray x, h, h2, qkv, att, o, mi, act, m, aq, ad, asum, cs, sn, logits_row
 
-    def __init__(self, *, int hidden, int n_head, int n_kv_head, int head_dim, int vocab,
-                 str norm, float eps, str mlp, str residual, int rot_dim, bint rot_interleaved,
-                 inv_freq, list layers, Linear embed, Linear lm_head, final_norm_w, final_norm_b=None,
-                 emb_norm_w=None, emb_norm_b=None, int64_t window=0, attn_scale=None, int64_t max_chunk=128,
-                 str two_pass="none"):
-        if norm not in NORMS or mlp not in MLPS or residual not in RESIDUALS:
-            raise ValueError(f"unknown block option: norm={norm!r} mlp={mlp!r} residual={residual!r}")
-        if n_kv_head <= 0 or n_head % n_kv_head:
-            raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({n_kv_head})")
-        if rot_dim < 0 or rot_dim > head_dim or rot_dim % 2:
-            raise ValueError(f"rotary dims {rot_dim} must be even and at most head_dim {head_dim}")
-        self.hidden, self.n_head, self.n_kv_head, self.head_dim, self.vocab = hidden, n_head, n_kv_head, head_dim, vocab
+    def __init__(self, *, int hidden, int vocab, spec, list layers, Linear embed, Linear lm_head, final_norm_w,
+                 final_norm_b=None, emb_norm_w=None, emb_norm_b=None, int64_t max_chunk=128, str two_pass="none"):
+        """spec: a blockspec.BlockSpec (validated when it was made)."""
+        if not isinstance(spec, BlockSpec):
+            raise TypeError(f"spec must be a llmrt.blockspec.BlockSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.hidden, self.vocab = hidden, vocab
+        self.n_head, self.n_kv_head, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.n_layer = len(layers)
-        self.norm_kind = NORMS[norm]
-        self.mlp_kind = MLPS[mlp]
-        self.residual = RESIDUALS[residual]
-        self.eps = eps
-        self.rot_dim = rot_dim
-        self.interleaved = rot_interleaved
-        self.inv_freq = np.ascontiguousarray(inv_freq, dtype=np.float32).reshape(-1)
-        if self.inv_freq.shape[0] != rot_dim // 2:
-            raise ValueError(f"inv_freq must have rot_dim/2 = {rot_dim // 2} values")
-        self.window = window
-        self.shifts = KeyShifter(rot_dim, rot_interleaved, self.inv_freq, window)
-        self.attn_scale = attn_scale if attn_scale is not None else head_dim ** -0.5
+        self.norm_kind = NORMS[spec.norm]
+        self.gated = spec.gated
+        self.act_kind = -1 if spec.gated else ACTIVATIONS[spec.mlp]
+        self.residual = RESIDUALS[spec.residual]
+        self.eps = spec.norm_eps
+        self.rot_dim = spec.rotary_dim
+        self.interleaved = spec.rotary_interleaved
+        self.inv_freq = spec.inv_freq
+        self.window = spec.sliding_window
+        self.shifts = KeyShifter(self.rot_dim, self.interleaved, self.inv_freq, self.window)
+        self.attn_scale = spec.scale
         self.layers = layers
         self.embed, self.lm_head = embed, lm_head
         self.final_norm_w, self.final_norm_b = _vec(final_norm_w), _vec(final_norm_b)
@@ -141,13 +149,13 @@ cdef class Engine:
         for i, L in enumerate(self.layers):
             lay = <Layer> L
             ff = lay.mlp_out.k
-            want_in = 2 * ff if self.mlp_kind == 0 else ff
+            want_in = 2 * ff if self.gated else ff
             checks = [(lay.qkv, qkv_n, self.hidden, "qkv"), (lay.attn_out, self.hidden, self.n_head * self.head_dim, "attn_out"),
                       (lay.mlp_in, want_in, self.hidden, "mlp_in"), (lay.mlp_out, self.hidden, ff, "mlp_out")]
             for lin, n, k, name in checks:
                 if lin.n != n or lin.k != k:
                     raise ValueError(f"layer {i} {name} is {lin.n}x{lin.k}, expected {n}x{k}")
-            for w in (lay.attn_norm_w, lay.mlp_norm_w if self.residual != 2 else lay.attn_norm_w):
+            for w in (lay.attn_norm_w, lay.mlp_norm_w if self.residual != RES_PARALLEL_SHARED_NORM else lay.attn_norm_w):
                 if w is None or w.shape[0] != self.hidden:
                     raise ValueError(f"layer {i} norm weight must have {self.hidden} values")
 
@@ -382,13 +390,13 @@ cdef class Engine:
                     K.attention(&a)
                 lay.attn_out.apply(att, att_n, rows, o, H, aq, ad, asum)
 
-                if self.residual == 0:
+                if self.residual == RES_SEQUENTIAL:
                     # x += o; h2 = norm(x)
                     self._add_norm_rows(x, o, NULL, h2, mnw, mnb, rows)
                     self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
                     self._add_norm_rows(x, m, NULL, NULL, NULL, NULL, rows)
                 else:
-                    if self.residual == 1:
+                    if self.residual == RES_PARALLEL:
                         self._norm_rows(x, h2, mnw, mnb, rows)
                         self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
                     else:
@@ -486,7 +494,7 @@ cdef class Engine:
                 self._rope_store_row(qkv, row, seg_rows, sg, bp, cs, sn, l, kv16)
 
     cdef inline void _norm(self, const float *x, float *out, const float *w, const float *b, int64_t n) noexcept nogil:
-        if self.norm_kind == 0:
+        if self.norm_kind == NORM_RMS:
             rms_norm(x, out, w, n, self.eps)
         else:
             layer_norm(x, out, w, b, n, self.eps)
@@ -495,11 +503,11 @@ cdef class Engine:
                    float *out, int8_t *aq, float *ad, int32_t *asum) noexcept nogil:
         cdef int64_t t
         lay.mlp_in.apply(inp, self.hidden, rows, mi, mi_n, aq, ad, asum)
-        if self.mlp_kind == 0:
+        if self.gated:
             active_kernels().silu_mul(mi, mi_n, rows, ff, act, ff)
             lay.mlp_out.apply(act, ff, rows, out, self.hidden, aq, ad, asum)
         else:
-            activate(mi, rows * mi_n, self.mlp_kind - 10)
+            activate(mi, rows * mi_n, self.act_kind)
             lay.mlp_out.apply(mi, mi_n, rows, out, self.hidden, aq, ad, asum)
 
     cdef void _final_norm_rows(self, int64_t first, int64_t count):
