@@ -11,22 +11,18 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t
 from libc.math cimport cos, sin
-from cython.parallel cimport prange
 
 from llmrt._kernels._ops cimport ActScratch, Linear, active_kernels
 from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, LR_QK
-from llmrt._core.kvcache cimport KVCache, store_row
+from llmrt._core.kvcache cimport KVCache
+from llmrt._core.rows cimport RowSpec, NORM_RMS, NORM_LAYER, norm_row, norm_rows, add_norm_rows, rope_store_rows
 from llmrt._core.streaming import KeyShifter
 from llmrt.blockspec import BlockSpec
-from llmrt._core.ops cimport (rms_norm, layer_norm, rotary, activate,
-                              ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU)
+from llmrt._core.ops cimport layer_norm, activate, ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU
 
 cnp.import_array()
 
 # the block spec's strings as the enums the loop switches on
-cdef enum NormKind:
-    NORM_RMS
-    NORM_LAYER
 cdef enum ResidualKind:
     RES_SEQUENTIAL
     RES_PARALLEL
@@ -36,10 +32,6 @@ ACTIVATIONS = {"silu": ACT_SILU, "gelu": ACT_GELU, "gelu_tanh": ACT_GELU_TANH, "
 RESIDUALS = {"sequential": RES_SEQUENTIAL, "parallel": RES_PARALLEL, "parallel_shared_norm": RES_PARALLEL_SHARED_NORM}
 # rows of the output head per two-pass weight pass (decode and beams need few; prefill asks for one)
 HEAD_TWO_PASS_ROWS = 32
-# from this many rows on, the per-row work between the GEMMs (norms, rotary, KV stores, residual
-# adds) is split between the threads; below, a parallel region costs more than it saves
-cdef enum:
-    PAR_ROWS = 16
 # windows of a mapped embedding's rows that may stay resident before its pages are given back
 # (a page fault maps up to a 2 MiB folio: 4 windows bound it to about 8 MiB)
 cdef enum:
@@ -78,7 +70,7 @@ cdef class Engine:
     cdef readonly int64_t window
     # the block spec (blockspec.BlockSpec) and its switches as enums
     cdef readonly object spec
-    cdef NormKind norm_kind
+    cdef RowSpec rs
     cdef ResidualKind residual
     cdef bint gated
     cdef int act_kind, interleaved
@@ -107,7 +99,9 @@ cdef class Engine:
         self.hidden, self.vocab = hidden, vocab
         self.n_head, self.n_kv_head, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.n_layer = len(layers)
-        self.norm_kind = NORMS[spec.norm]
+        self.rs.hidden, self.rs.n_head, self.rs.n_kv_head, self.rs.head_dim = hidden, spec.n_heads, spec.n_kv_heads, spec.head_dim
+        self.rs.rot_dim, self.rs.interleaved = spec.rotary_dim, spec.rotary_interleaved
+        self.rs.norm, self.rs.eps = NORMS[spec.norm], spec.norm_eps
         self.gated = spec.gated
         self.act_kind = -1 if spec.gated else ACTIVATIONS[spec.mlp]
         self.residual = RESIDUALS[spec.residual]
@@ -366,9 +360,9 @@ cdef class Engine:
             ff = lay.mlp_out.k
             mi_n = lay.mlp_in.n
             with nogil:
-                self._norm_rows(x, h, anw, anb, rows)
+                norm_rows(&self.rs, x, h, anw, anb, rows)
                 lay.qkv.apply(h, H, rows, qkv, qkv_n, aq, ad, asum)
-                self._rope_store_rows(qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16)
+                rope_store_rows(&self.rs, qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16)
                 for s in range(nseg):
                     a.q = qkv + s * seg_rows * qkv_n
                     a.q_stride = qkv_n
@@ -392,16 +386,16 @@ cdef class Engine:
 
                 if self.residual == RES_SEQUENTIAL:
                     # x += o; h2 = norm(x)
-                    self._add_norm_rows(x, o, NULL, h2, mnw, mnb, rows)
+                    add_norm_rows(&self.rs, x, o, NULL, h2, mnw, mnb, rows)
                     self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
-                    self._add_norm_rows(x, m, NULL, NULL, NULL, NULL, rows)
+                    add_norm_rows(&self.rs, x, m, NULL, NULL, NULL, NULL, rows)
                 else:
                     if self.residual == RES_PARALLEL:
-                        self._norm_rows(x, h2, mnw, mnb, rows)
+                        norm_rows(&self.rs, x, h2, mnw, mnb, rows)
                         self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
                     else:
                         self._mlp(lay, h, rows, mi, mi_n, act, ff, m, aq, ad, asum)
-                    self._add_norm_rows(x, o, m, NULL, NULL, NULL, rows)
+                    add_norm_rows(&self.rs, x, o, m, NULL, NULL, NULL, rows)
             if want_hidden and l < self.n_layer - 1:
                 hidden_states[l + 1][hs_off:hs_off + rows] = self.x[:rows]
         for s in range(nseg):
@@ -431,74 +425,6 @@ cdef class Engine:
     def logical_kv(self, KVCache cache):
         return self.shifts.logical_kv(cache)
 
-    cdef void _norm_rows(self, const float *x, float *out, const float *w, const float *b, int64_t rows) noexcept nogil:
-        cdef int64_t t, H = self.hidden
-        if rows < PAR_ROWS:
-            for t in range(rows):
-                self._norm(x + t * H, out + t * H, w, b, H)
-        else:
-            for t in prange(rows, schedule="static"):
-                self._norm(x + t * H, out + t * H, w, b, H)
-
-    cdef inline void _add_norm_row(self, float *x, const float *a, const float *b2, float *out, const float *w,
-                                   const float *b, int64_t t) noexcept nogil:
-        """x[t] += a[t] (+ b2[t]); then out[t] = norm(x[t]) when out is given."""
-        cdef int64_t i, H = self.hidden
-        cdef float *xr = x + t * H
-        cdef const float *ar = a + t * H
-        cdef const float *br
-        if b2 == NULL:
-            for i in range(H):
-                xr[i] = xr[i] + ar[i]
-        else:
-            br = b2 + t * H
-            for i in range(H):
-                xr[i] = xr[i] + ar[i] + br[i]
-        if out != NULL:
-            self._norm(xr, out + t * H, w, b, H)
-
-    cdef void _add_norm_rows(self, float *x, const float *a, const float *b2, float *out, const float *w,
-                             const float *b, int64_t rows) noexcept nogil:
-        cdef int64_t t
-        if rows < PAR_ROWS:
-            for t in range(rows):
-                self._add_norm_row(x, a, b2, out, w, b, t)
-        else:
-            for t in prange(rows, schedule="static"):
-                self._add_norm_row(x, a, b2, out, w, b, t)
-
-    cdef inline void _rope_store_row(self, float *qkv, int64_t row, int64_t seg_rows, int64_t[:, ::1] sg,
-                                     size_t[:, ::1] bp, const float *cs, const float *sn, int64_t l,
-                                     bint kv16) noexcept nogil:
-        """Rotary on row's Q and K heads, then its K and V into its sequence's cache slot."""
-        cdef int64_t hd = self.head_dim, nh = self.n_head, nkv = self.n_kv_head, half = self.rot_dim // 2
-        cdef int64_t qkv_n = (nh + 2 * nkv) * hd, esize = 2 if kv16 else 4
-        cdef int64_t s = row // seg_rows, t = row % seg_rows, kvh, off
-        cdef float *src = qkv + row * qkv_n
-        if half > 0:
-            rotary(src, nh + nkv, hd, self.rot_dim, self.interleaved, cs + row * half, sn + row * half)
-        for kvh in range(nkv):
-            off = ((l * nkv + kvh) * sg[s, 4] + sg[s, 1] + t) * hd * esize
-            store_row(src + (nh + kvh) * hd, <char *> bp[s, 0] + off, hd, kv16)
-            store_row(src + (nh + nkv + kvh) * hd, <char *> bp[s, 1] + off, hd, kv16)
-
-    cdef void _rope_store_rows(self, float *qkv, int64_t rows, int64_t seg_rows, int64_t[:, ::1] sg,
-                               size_t[:, ::1] bp, const float *cs, const float *sn, int64_t l,
-                               bint kv16) noexcept nogil:
-        cdef int64_t row
-        if rows < PAR_ROWS:
-            for row in range(rows):
-                self._rope_store_row(qkv, row, seg_rows, sg, bp, cs, sn, l, kv16)
-        else:
-            for row in prange(rows, schedule="static"):
-                self._rope_store_row(qkv, row, seg_rows, sg, bp, cs, sn, l, kv16)
-
-    cdef inline void _norm(self, const float *x, float *out, const float *w, const float *b, int64_t n) noexcept nogil:
-        if self.norm_kind == NORM_RMS:
-            rms_norm(x, out, w, n, self.eps)
-        else:
-            layer_norm(x, out, w, b, n, self.eps)
-
     cdef void _mlp(self, Layer lay, float *inp, int64_t rows, float *mi, int64_t mi_n, float *act, int64_t ff,
                    float *out, int8_t *aq, float *ad, int32_t *asum) noexcept nogil:
         cdef int64_t t
@@ -518,7 +444,7 @@ cdef class Engine:
         cdef int64_t t, H = self.hidden
         with nogil:
             for t in range(first, first + count):
-                self._norm(x + t * H, h + (t - first) * H, w, b, H)
+                norm_row(&self.rs, x + t * H, h + (t - first) * H, w, b)
 
     cdef void _head(self, int64_t rows, cnp.ndarray out):
         """Logits for the first `rows` rows of the current chunk into out (rows, vocab)."""
