@@ -9,13 +9,17 @@
  * sum((u - B) * x).  Per group: acc += d_w * sum_b d_a * isum_b (PN_ACCG: a float sum per group, then
  * one multiply by the weight scales; otherwise d_a * d_w per block, one register fewer per row), and
  * with offsets acc += m_w * S_g (S_g = sum over the group's blocks of d_a * sum_a).  Nothing is
- * allocated: a panel matrix has no other form to fall back on.
+ * allocated but the calling thread's kept scratch for packed activations (PN_PACK_ACT), and when that
+ * cannot grow the tiles read the activations unpacked: a panel matrix has no other form to fall back on.
  *
  * The includer defines (all static inline, compile-time constants where named in capitals):
  *   PN_LANES        int32 lanes of a vector: weight rows of one slot (16 or 8)
  *   PN_RD           rows per tile covering all slots of a panel (decode, small batches); 0: none
  *   PN_RB(BITS), PN_NSB(BITS)  rows and slots per tile above PN_RD rows
  *   PN_ACCG         1: per-group float sums (see above)
+ *   PN_PACK_ACT     1: tiles above PN_RD rows read block-major packed activations (pn_pack_act)
+ *   PN_INT_INIT     0: packed int4 tiles start their sums at 0 and add -B * d_w * S_g per group
+ *                   (for maddubs, whose int16 sums have no room for the start value)
  *   pn_vi, pn_vf    integer and float vectors
  *   pn_load(p), pn_bcast(p) (an activation dword in every lane), pn_iset1, pn_cvt, pn_fzero, pn_fset1,
  *   pn_fma(a, b, c) = a * b + c, pn_fmul, pn_fadd, pn_scales(p, F16) (PN_LANES scales), pn_store(y, v, n)
