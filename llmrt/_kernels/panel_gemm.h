@@ -19,7 +19,8 @@
  *   PN_ACCG         1: per-group float sums (see above)
  *   PN_PACK_ACT     1: tiles above PN_RD rows read block-major packed activations (pn_pack_act)
  *   PN_INT_INIT     0: packed int4 tiles start their sums at 0 and add -B * d_w * S_g per group
- *                   (for maddubs, whose int16 sums have no room for the start value)
+ *                   (maddubs sums begin at 0 anyway; adding the int32 start per block and row
+ *                   cost a scalar multiply, a broadcast and an add)
  *   pn_vi, pn_vf    integer and float vectors
  *   pn_load(p), pn_bcast(p) (an activation dword in every lane), pn_iset1, pn_cvt, pn_fzero, pn_fset1,
  *   pn_fma(a, b, c) = a * b + c, pn_fmul, pn_fadd, pn_scales(p, F16) (PN_LANES scales), pn_store(y, v, n)
