@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from llmrt import formats
 from llmrt.config import ModelConfig, WeightOnlyQuantConfig
 from llmrt import generation
+from llmrt.formats.json_files import read_hf_config
 from llmrt.generation import GenerateOutput, Session, as_id_batch
 from llmrt.hub import resolve_model_path
 from llmrt.models import family_by_name, family_for_gguf, family_for_hf
@@ -100,12 +100,7 @@ class Model:
     @classmethod
     def _from_hf_dir(cls, path: Path, q: WeightOnlyQuantConfig, *, use_cache: bool, cache_dir, memory_dtype: str,
                      max_chunk: int, progress: bool) -> "Model":
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{path} has no config.json; it is not a Hugging Face model directory")
-        hf = json.loads(cfg_file.read_text())
-        if "model_type" not in hf:
-            raise ValueError(f"{cfg_file} has no model_type; cannot tell the architecture")
+        hf = read_hf_config(path)
         family = family_for_hf(hf["model_type"])
         config = family.config_from_hf(hf)
         identity = formats.checkpoint_identity(path)

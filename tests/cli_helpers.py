@@ -16,6 +16,15 @@ def llmrt_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProces
                           env=env or dict(os.environ), timeout=600)
 
 
+def one_line_error(command: str, r: subprocess.CompletedProcess, *needles: str) -> None:
+    """The CLI failed as for a user's mistake: exit 2, one line "llmrt COMMAND: error: ..." naming needles."""
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"llmrt {command}: error:"), r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
 def convert(src: Path, out: Path, outtype: str = "f32", *extra: str) -> None:
     r = llmrt_cli("convert", str(src), "--outfile", str(out), "--outtype", outtype, "-q", *extra)
     assert r.returncode == 0, r.stderr

@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers
 
-from cli_helpers import convert, fields, llmrt_cli, prompt, tensors, torch_logits
+from cli_helpers import convert, fields, llmrt_cli, one_line_error, prompt, tensors, torch_logits
 from conftest import TINY_CONFIGS, build_tiny_model, max_rel_err
 from llmrt import Model, WeightOnlyQuantConfig
 from llmrt.formats import bf16_bits_to_fp32, fp32_to_bf16_bits
@@ -301,30 +301,22 @@ def test_convert_runs_without_torch(tiny_models, tmp_path):
     assert fields(out)["general.architecture"] == "gptneox"
 
 
-def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("llmrt convert: error:"), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_convert_user_errors(tiny_models, tmp_path):
     path, _ = tiny_models("llama-mha-untied")
     out = tmp_path / "m.gguf"
-    _one_line_error(llmrt_cli("convert", str(tmp_path / "nothing"), "--outfile", str(out)), "nothing")
+    one_line_error("convert", llmrt_cli("convert", str(tmp_path / "nothing"), "--outfile", str(out)), "nothing")
     out.write_bytes(b"keep me")
-    _one_line_error(llmrt_cli("convert", str(path), "--outfile", str(out), "-q"), "exists", "--force")
+    one_line_error("convert", llmrt_cli("convert", str(path), "--outfile", str(out), "-q"), "exists", "--force")
     assert out.read_bytes() == b"keep me"
     r = llmrt_cli("convert", str(path), "--outfile", str(out), "--force", "-q")
     assert r.returncode == 0 and fields(out)["general.architecture"] == "llama"
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
-    _one_line_error(llmrt_cli("convert", str(gpt2), "--outfile", str(tmp_path / "g.gguf")), "gpt2")
+    one_line_error("convert", llmrt_cli("convert", str(gpt2), "--outfile", str(tmp_path / "g.gguf")), "gpt2")
     l3, _ = tiny_models("llama3-rope")
-    _one_line_error(llmrt_cli("convert", str(l3), "--outfile", str(tmp_path / "l3.gguf")), "llama3")
-    _one_line_error(llmrt_cli("convert", str(path), "--outfile", str(tmp_path / "no" / "x.gguf")), "does not exist")
+    one_line_error("convert", llmrt_cli("convert", str(l3), "--outfile", str(tmp_path / "l3.gguf")), "llama3")
+    one_line_error("convert", llmrt_cli("convert", str(path), "--outfile", str(tmp_path / "no" / "x.gguf")), "does not exist")
     assert not (tmp_path / "g.gguf").exists() and not (tmp_path / "l3.gguf").exists()
 
 

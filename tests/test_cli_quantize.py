@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_helpers import convert, fields, llmrt_cli, prompt, tensors, torch_logits
+from cli_helpers import convert, fields, llmrt_cli, one_line_error, prompt, tensors, torch_logits
 from conftest import max_rel_err
 from llmrt import Model, WeightOnlyQuantConfig
 from llmrt.formats import load_model_file
@@ -185,42 +185,34 @@ def test_quantize_runs_without_torch(tiny_models, tmp_path):
     assert tensors(out)["blk.0.ffn_up.weight"][0] == "Q4_0"
 
 
-def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("llmrt quantize: error:"), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_quantize_user_errors(tiny_models, tmp_path):
     path, _ = tiny_models("llama-mha-untied")
 
     def q(*a: str) -> subprocess.CompletedProcess:
         return llmrt_cli("quantize", "-q", *a)
 
-    _one_line_error(q("--model_file", str(tmp_path / "nothing"), "--out_file", str(tmp_path / "o.llmrt")), "nothing")
+    one_line_error("quantize", q("--model_file", str(tmp_path / "nothing"), "--out_file", str(tmp_path / "o.llmrt")), "nothing")
     out = tmp_path / "exists.llmrt"
     out.write_bytes(b"keep me")
-    _one_line_error(q("--model_file", str(path), "--out_file", str(out)), "exists", "--force")
+    one_line_error("quantize", q("--model_file", str(path), "--out_file", str(out)), "exists", "--force")
     assert out.read_bytes() == b"keep me"
     q4 = tmp_path / "q4.gguf"
     quantize("--model_file", str(path), "--out_file", str(q4), "--outtype", "q4_0")
-    _one_line_error(q("--model_file", str(q4), "--out_file", str(tmp_path / "q8.gguf"), "--outtype", "q8_0"),
+    one_line_error("quantize", q("--model_file", str(q4), "--out_file", str(tmp_path / "q8.gguf"), "--outtype", "q8_0"),
                     "Q4_0", "re-quantizing")
-    _one_line_error(q("--model_file", str(q4), "--out_file", str(tmp_path / "x.llmrt")), "already quantized")
+    one_line_error("quantize", q("--model_file", str(q4), "--out_file", str(tmp_path / "x.llmrt")), "already quantized")
     mine = tmp_path / "m.llmrt"
     quantize("--model_file", str(path), "--out_file", str(mine))
-    _one_line_error(q("--model_file", str(mine), "--out_file", str(tmp_path / "y.gguf"), "--outtype", "q4_0"),
+    one_line_error("quantize", q("--model_file", str(mine), "--out_file", str(tmp_path / "y.gguf"), "--outtype", "q4_0"),
                     "llmrt-quantized")
-    _one_line_error(q("--model_file", str(path), "--out_file", str(tmp_path / "z.llmrt"), "--outtype", "q4_0"),
+    one_line_error("quantize", q("--model_file", str(path), "--out_file", str(tmp_path / "z.llmrt"), "--outtype", "q4_0"),
                     ".gguf")
-    _one_line_error(q("--model_file", str(path), "--out_file", str(tmp_path / "z.gguf"), "--weight_dtype", "int8",
+    one_line_error("quantize", q("--model_file", str(path), "--out_file", str(tmp_path / "z.gguf"), "--weight_dtype", "int8",
                       "--alg", "asym"), "--outtype")
-    _one_line_error(q("--model_file", str(path), "--out_file", str(tmp_path / "z.gguf"), "--outtype", "q4_0",
+    one_line_error("quantize", q("--model_file", str(path), "--out_file", str(tmp_path / "z.gguf"), "--outtype", "q4_0",
                       "--group_size", "128"), "--group_size 32")
-    _one_line_error(q("--model_file", str(path), "--out_file", str(tmp_path / "z.gguf"), "--outtype", "q8_0",
+    one_line_error("quantize", q("--model_file", str(path), "--out_file", str(tmp_path / "z.gguf"), "--outtype", "q8_0",
                       "--scale_dtype", "fp32"), "--scale_dtype fp16")
-    _one_line_error(q("--model_file", str(path), "--out_file", str(tmp_path / "g.llmrt"), "--group_size", "128"),
+    one_line_error("quantize", q("--model_file", str(path), "--out_file", str(tmp_path / "g.llmrt"), "--group_size", "128"),
                     "group_size 128")
     assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "g.llmrt").exists()

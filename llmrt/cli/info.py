@@ -60,14 +60,10 @@ def _hf(path: Path) -> dict:
 
     from llmrt import formats
     from llmrt.config import WeightOnlyQuantConfig
+    from llmrt.formats.json_files import read_hf_config
     from llmrt.models import family_for_hf
 
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise UserError(f"{path} has no config.json; it is not a Hugging Face model directory")
-    hf = json.loads(cfg_file.read_text())
-    if "model_type" not in hf:
-        raise UserError(f"{cfg_file} has no model_type; cannot tell the architecture")
+    hf = read_hf_config(path)
     cfg = family_for_hf(hf["model_type"]).config_from_hf(hf)
     q = WeightOnlyQuantConfig()          # what Model.from_pretrained quantizes to unless told otherwise
     itemsize = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,

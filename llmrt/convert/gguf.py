@@ -7,7 +7,6 @@ requested type; 1-D tensors (norms, biases) stay F32 as llama.cpp keeps them.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +18,7 @@ from llmrt.convert._parallel import ordered_map
 from llmrt.config import ModelConfig
 from llmrt.tokenization.gguf_metadata import tokenizer_metadata
 from llmrt.formats.gguf_writer import GGUFStreamWriter, encode_tensor
+from llmrt.formats.json_files import read_hf_config
 from llmrt.models import family_for_hf
 from llmrt.models.gguf_export import GGUFLayout, gguf_layout
 
@@ -40,24 +40,6 @@ def gguf_tensor_type(shape: tuple[int, ...], outtype: str) -> str:
     if outtype in _QUANTIZED and shape[-1] % 32:
         return "F16"
     return t
-
-
-def read_hf_config(model_dir: Path) -> dict:
-    """config.json of a Hugging Face model directory, with errors that say what is missing."""
-    if not model_dir.exists():
-        raise FileNotFoundError(f"no model directory at {model_dir}")
-    if not model_dir.is_dir():
-        raise NotADirectoryError(f"{model_dir} is not a directory; pass a Hugging Face model directory")
-    cfg_file = model_dir / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{model_dir} has no config.json; it is not a Hugging Face model directory")
-    try:
-        hf = json.loads(cfg_file.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{cfg_file} is not valid JSON ({exc})") from None
-    if "model_type" not in hf:
-        raise ValueError(f"{cfg_file} has no model_type; cannot tell the architecture")
-    return hf
 
 
 def _internal_stream(model_dir: Path, cfg: ModelConfig, family, lora, dry: bool) -> Iterator[tuple[str, np.ndarray]]:

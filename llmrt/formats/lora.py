@@ -8,7 +8,6 @@ is ``W + scale * (B @ A)`` (transposed when fan_in_fan_out), with ``scale = alph
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from llmrt.formats.checkpoint import Checkpoint
+from llmrt.formats.json_files import read_json_object
 
 __all__ = ["LoraAdapter"]
 
@@ -35,10 +35,7 @@ class LoraAdapter:
         cfg_file = d / "adapter_config.json"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{d} has no adapter_config.json; pass a directory saved by peft's save_pretrained")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except ValueError as exc:
-            raise ValueError(f"{cfg_file} is not valid JSON ({exc})") from None
+        cfg = read_json_object(cfg_file)
         self.path = d
         self.config = cfg
         kind = cfg.get("peft_type", "LORA")

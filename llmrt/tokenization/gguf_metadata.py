@@ -12,9 +12,10 @@ UNUSED, as llama.cpp's converter does, so ids and embedding rows line up.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from llmrt.formats.json_files import read_json_object
 
 __all__ = ["tokenizer_metadata", "TOKEN_NORMAL", "TOKEN_UNKNOWN", "TOKEN_CONTROL", "TOKEN_USER_DEFINED",
            "TOKEN_UNUSED", "TOKEN_BYTE"]
@@ -23,16 +24,6 @@ __all__ = ["tokenizer_metadata", "TOKEN_NORMAL", "TOKEN_UNKNOWN", "TOKEN_CONTROL
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
 Meta = list[tuple[str, Any, str]]   # (key, value, writer type)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); fix or remove the file") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object; fix or remove the file")
-    return data
 
 
 def _token_text(v: Any) -> str | None:
@@ -82,7 +73,7 @@ def _spm(path: Path, added: dict[int, tuple[str, bool]], vocab_size: int) -> Met
         else:
             types.append(TOKEN_NORMAL)
     extra = path.parent / "added_tokens.json"
-    more = {int(i): (t, False) for t, i in _read_json(extra).items()} if extra.is_file() else {}
+    more = {int(i): (t, False) for t, i in read_json_object(extra).items()} if extra.is_file() else {}
     for i, (content, special) in sorted({**more, **added}.items()):
         if i < len(tokens):
             # tokens the SentencePiece model already has keep their piece; special ones become control
@@ -162,8 +153,8 @@ def _chat_template(model_dir: Path, tok_cfg: dict) -> str | None:
 def tokenizer_metadata(model_dir: str | Path, vocab_size: int, hf_config: dict | None = None) -> Meta:
     """GGUF tokenizer keys for a model directory; [] when it has no tokenizer files."""
     d = Path(model_dir)
-    tok_cfg = _read_json(d / "tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
-    tok_json = _read_json(d / "tokenizer.json") if (d / "tokenizer.json").is_file() else {}
+    tok_cfg = read_json_object(d / "tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
+    tok_json = read_json_object(d / "tokenizer.json") if (d / "tokenizer.json").is_file() else {}
     added = _added_tokens(tok_json, tok_cfg)
     if (d / "tokenizer.model").is_file():
         meta = _spm(d / "tokenizer.model", added, vocab_size)
