@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrt.blockspec import BlockSpec
+from llmrt.blockspec import BlockSpec, alibi_slopes
 
 
 @dataclass
@@ -26,13 +26,22 @@ class ModelConfig:
     intermediate_size: int
     norm: str = "rms"                    # rms | layer
     norm_eps: float = 1e-5
+    norm_placement: str = "pre"          # pre | post (OPT-350m)
     mlp: str = "gated_silu"              # gated_silu | gelu | gelu_tanh | relu | silu
     residual: str = "sequential"         # sequential | parallel | parallel_shared_norm
+    positions: str | None = None         # rotary | alibi | learned | none (None: rotary iff rotary_dim)
     rotary_dim: int = 0                  # features rotated per head (0: no rotary)
     rotary_interleaved: bool = False     # GPT-J pairs (2i, 2i+1) instead of NeoX halves
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
+    alibi: str = "bloom"                 # ALiBi slopes: bloom | mpt (MPT's interleave) | falcon (bloom's, scaled)
+    alibi_bias_max: float = 8.0
+    position_offset: int = 0             # learned positions: table row of position p is p + offset
     sliding_window: int = 0
+    layer_windows: list[int] | None = None   # one sliding window per layer (Qwen2's max_window_layers)
+    attn_scale: float | None = None      # None: head_dim ** -0.5
+    qkv_clip: float = 0.0                # clamp QKV outputs (MPT clip_qkv); 0: off
+    final_norm: bool = True
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
@@ -58,10 +67,21 @@ class ModelConfig:
 
     def block_spec(self) -> BlockSpec:
         """The decoder block these hyper-parameters describe, as the engine takes it."""
+        positions = self.positions or ("rotary" if self.rotary_dim else "none")
+        slopes = None
+        if positions == "alibi":
+            if self.alibi not in ("bloom", "mpt", "falcon"):
+                raise ValueError(f"unknown alibi slopes {self.alibi!r}; choose bloom, mpt or falcon")
+            slopes = alibi_slopes(self.num_heads, self.alibi_bias_max, interleave_extra=self.alibi == "mpt")
+            if self.alibi == "falcon":
+                slopes = slopes * self.head_dim ** -0.5     # Falcon-RW scales q.k + bias together
         return BlockSpec(n_heads=self.num_heads, n_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-                         norm=self.norm, norm_eps=self.norm_eps, mlp=self.mlp, residual=self.residual,
-                         rotary_dim=self.rotary_dim, rotary_interleaved=self.rotary_interleaved,
-                         inv_freq=self.inv_freq(), sliding_window=self.sliding_window)
+                         norm=self.norm, norm_eps=self.norm_eps, norm_placement=self.norm_placement, mlp=self.mlp,
+                         residual=self.residual, positions=positions, rotary_dim=self.rotary_dim,
+                         rotary_interleaved=self.rotary_interleaved, inv_freq=self.inv_freq(), alibi_slopes=slopes,
+                         position_offset=self.position_offset, sliding_window=self.sliding_window,
+                         layer_windows=tuple(self.layer_windows or ()), attn_scale=self.attn_scale,
+                         qkv_clip=self.qkv_clip, final_norm=self.final_norm)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

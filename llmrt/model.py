@@ -49,11 +49,12 @@ class Model:
     """A causal language model ready to run on the CPU kernels."""
 
     def __init__(self, config: ModelConfig, quant: WeightOnlyQuantConfig, tensors: dict[str, Stored],
-                 source: _Source, memory_dtype: str = "f16", max_chunk: int = DEFAULT_CHUNK):
+                 source: _Source, memory_dtype: str | None = None, max_chunk: int = DEFAULT_CHUNK):
         self.config = config
         self.quant_config = quant
         self.source = source
-        self.memory_dtype = memory_dtype
+        # fp32 end to end keeps an fp32 cache unless asked otherwise (f16 alone moves logits ~4e-4)
+        self.memory_dtype = memory_dtype or ("f32" if quant.not_quant else "f16")
         self._tensors = tensors
         self.engine = build_engine(config, tensors, quant.compute_dtype, quant.head_compute,
                                    two_pass=quant.activation_precision, release=formats.drop_resident_pages,
@@ -66,14 +67,15 @@ class Model:
     def from_pretrained(cls, name_or_path: str | os.PathLike, quantization_config: WeightOnlyQuantConfig | None = None,
                         *, load_in_4bit: bool = False, load_in_8bit: bool = False, gguf_file: str | None = None,
                         compute_dtype: str | None = None, use_cache: bool | None = None,
-                        cache_dir: str | os.PathLike | None = None, memory_dtype: str = "f16",
+                        cache_dir: str | os.PathLike | None = None, memory_dtype: str | None = None,
                         max_chunk: int = DEFAULT_CHUNK, trust_remote_code: bool = False,
                         progress: bool = True) -> "Model":
         """Load a Hugging Face checkpoint (quantizing it), a GGUF file or an llmrt model file.
 
-        memory_dtype: the KV cache's element type; max_chunk: prompt tokens run through the layers
-        at once (the engine's scratch holds that many rows)."""
-        if memory_dtype not in ("f16", "f32"):
+        memory_dtype: the KV cache's element type, "f16" or "f32" (default: f32 for not_quant models,
+        f16 otherwise); max_chunk: prompt tokens run through the layers at once (the engine's
+        scratch holds that many rows)."""
+        if memory_dtype not in (None, "f16", "f32"):
             raise ValueError(f"memory_dtype must be 'f16' or 'f32', got {memory_dtype!r}")
         if isinstance(max_chunk, bool) or not isinstance(max_chunk, int) or not 1 <= max_chunk <= MAX_CHUNK:
             raise ValueError(f"max_chunk must be an int from 1 to {MAX_CHUNK}, got {max_chunk!r}")
@@ -98,7 +100,7 @@ class Model:
                                 progress=progress)
 
     @classmethod
-    def _from_hf_dir(cls, path: Path, q: WeightOnlyQuantConfig, *, use_cache: bool, cache_dir, memory_dtype: str,
+    def _from_hf_dir(cls, path: Path, q: WeightOnlyQuantConfig, *, use_cache: bool, cache_dir, memory_dtype: str | None,
                      max_chunk: int, progress: bool) -> "Model":
         hf = read_hf_config(path)
         family = family_for_hf(hf["model_type"])
@@ -124,7 +126,7 @@ class Model:
         return cls(config, q, tensors, source, memory_dtype, max_chunk)
 
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike, *, compute_dtype: str = "int8", memory_dtype: str = "f16",
+    def from_gguf(cls, path: str | os.PathLike, *, compute_dtype: str = "int8", memory_dtype: str | None = None,
                   max_chunk: int = DEFAULT_CHUNK, **runtime: Any) -> "Model":
         """Run a llama.cpp GGUF file; its Q4_0/Q4_1/Q8_0/F16/F32 tensors are used as stored."""
         gg = formats.GGUFFile(path)
@@ -147,7 +149,7 @@ class Model:
         return model
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, compute_dtype: str | None = None, memory_dtype: str = "f16",
+    def load(cls, path: str | os.PathLike, *, compute_dtype: str | None = None, memory_dtype: str | None = None,
              max_chunk: int = DEFAULT_CHUNK, **runtime: Any) -> "Model":
         """Open an llmrt model file written by save() (memory-mapped)."""
         meta, arrays, fmts = formats.load_model_file(path)

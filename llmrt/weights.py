@@ -7,13 +7,15 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from llmrt._core.engine import Engine, Layer
+from llmrt._core.embedding import Embedder
+from llmrt._core.engine import Engine
+from llmrt._core.layer import Layer
 from llmrt._kernels._ops import Linear
 from llmrt.config import ModelConfig, WeightOnlyQuantConfig
 from llmrt.formats import KernelWeights, QuantFormat
 
 # tensors that are matrices of a linear layer (quantizable)
-_LINEAR = re.compile(r"layers\.\d+\.(q|k|v|qkv|attn_out|gate|up|mlp_in|mlp_out)\.weight")
+_LINEAR = re.compile(r"(layers\.\d+\.(q|k|v|qkv|attn_out|gate|up|mlp_in|mlp_out)|project_in|project_out)\.weight")
 
 Stored = tuple[np.ndarray, "QuantFormat | None"]
 
@@ -132,7 +134,7 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
     head_compute = head_compute or compute
     untied = not cfg.tie_word_embeddings and "lm_head.weight" in t
     if not untied:
-        lm_head = linear_from(embed_w, head_compute)
+        lm_head = linear_from(embed_w, head_compute, _bias(t, "lm_head.bias"))
         # a tied embedding reads its rows from the head's panels (one copy of the matrix)
         embed = lm_head if lm_head.layout == "panels" else linear_from(embed_w, compute, panels=False)
     else:
@@ -158,15 +160,24 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
                             _dense(t, p + "attn_norm.weight"), _dense(t, p + "attn_norm.bias"),
                             _dense(t, p + "mlp_norm.weight"), _dense(t, p + "mlp_norm.bias")))
         done(p)
-    engine = Engine(hidden=cfg.hidden_size, vocab=cfg.vocab_size, spec=cfg.block_spec(), layers=layers,
-                    embed=embed, lm_head=lm_head, final_norm_w=_dense(t, "final_norm.weight"),
-                    final_norm_b=_dense(t, "final_norm.bias"), emb_norm_w=_dense(t, "emb_norm.weight"),
-                    emb_norm_b=_dense(t, "emb_norm.bias"), max_chunk=max_chunk,
+    spec = cfg.block_spec()
+    project_in = make_linear([t["project_in.weight"]], compute) if "project_in.weight" in t else None
+    project_out = make_linear([t["project_out.weight"]], compute) if "project_out.weight" in t else None
+    positions = linear_from(fuse_rows([_need(t, "pos_embed")]), compute, panels=False) \
+        if spec.positions == "learned" else None
+    embedder = Embedder(embed, cfg.hidden_size, max_chunk, project_in=project_in, positions=positions,
+                        position_offset=spec.position_offset, norm_w=_dense(t, "emb_norm.weight"),
+                        norm_b=_dense(t, "emb_norm.bias"), norm_eps=spec.norm_eps)
+    done("project_")
+    done("pos_embed")
+    engine = Engine(hidden=cfg.hidden_size, spec=spec, layers=layers, embedder=embedder, lm_head=lm_head,
+                    final_norm_w=_dense(t, "final_norm.weight"), final_norm_b=_dense(t, "final_norm.bias"),
+                    project_out=project_out, max_chunk=max_chunk,
                     two_pass={"int8": "none", "auto": "down", "high": "all"}[two_pass])
     if untied and row_release is not None:
         # an untied embedding is only read a row at a time: give its pages back as they are read
         planes = [embed_w] if isinstance(embed_w, np.ndarray) else [embed_w.qs, embed_w.d, embed_w.m]
         found = row_release(planes)
         if found is not None:
-            engine.release_embedding_rows(*found)
+            embedder.release_rows(*found)
     return engine

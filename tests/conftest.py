@@ -13,6 +13,14 @@ FAMILY_CLASSES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"),
+    "gptj": ("GPTJConfig", "GPTJForCausalLM"),
+    "mpt": ("MptConfig", "MptForCausalLM"),
+    "falcon": ("FalconConfig", "FalconForCausalLM"),
+    "bloom": ("BloomConfig", "BloomForCausalLM"),
+    "opt": ("OPTConfig", "OPTForCausalLM"),
+    "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM"),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
 }
 
 # Small but not trivial: vocab sizes that are not multiples of 64, several layers, GQA/MQA/MHA.
@@ -38,7 +46,50 @@ TINY_CONFIGS = {
                                                 use_parallel_residual=False, hidden_act="gelu_new")),
     "neox-tied": ("gpt_neox", dict(hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=3,
                                    vocab_size=190, rotary_pct=0.5, tie_word_embeddings=True)),
+    "codellama-theta1e6": ("llama", dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=4, vocab_size=241, rope_theta=1e6)),
+    # every switch of the families below is covered by one config or more
+    "gptj-rot8": ("gptj", dict(n_embd=64, n_inner=128, n_layer=2, n_head=4, rotary_dim=8, vocab_size=211)),
+    "gptj-rot16-relu": ("gptj", dict(n_embd=64, n_layer=3, n_head=4, rotary_dim=16, vocab_size=203,
+                                     activation_function="relu")),
+    "mpt-4heads": ("mpt", dict(d_model=64, n_heads=4, n_layers=2, vocab_size=199, max_seq_len=256)),
+    "mpt-6heads-clip-scale": ("mpt", dict(d_model=96, n_heads=6, n_layers=2, vocab_size=207, max_seq_len=256,
+                                          attn_config=dict(clip_qkv=0.25, softmax_scale=0.2))),
+    "falcon-7b": ("falcon", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=223)),
+    "falcon-40b": ("falcon", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2,
+                                  new_decoder_architecture=True, vocab_size=229)),
+    "falcon2-one-norm-bias": ("falcon", dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=6, num_kv_heads=3,
+                                             new_decoder_architecture=True, num_ln_in_parallel_attn=1, bias=True,
+                                             vocab_size=233, ffn_hidden_size=128)),
+    "falcon-rw-alibi": ("falcon", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, alibi=True,
+                                       multi_query=False, parallel_attn=False, bias=True, vocab_size=227)),
+    "bloom-4heads": ("bloom", dict(hidden_size=64, n_layer=2, n_head=4, vocab_size=250)),
+    "bloom-6heads": ("bloom", dict(hidden_size=96, n_layer=3, n_head=6, vocab_size=245)),
+    "opt-pre-ln": ("opt", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=230)),
+    "opt-post-ln-projected": ("opt", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                                          vocab_size=235, do_layer_norm_before=False, word_embed_proj_dim=32)),
+    "opt-pre-ln-untied-gelu": ("opt", dict(hidden_size=96, ffn_dim=128, num_hidden_layers=2, num_attention_heads=6,
+                                           vocab_size=239, tie_word_embeddings=False, activation_function="gelu")),
+    "bigcode-mqa": ("gpt_bigcode", dict(n_embd=64, n_inner=128, n_layer=2, n_head=4, vocab_size=240)),
+    "bigcode-mha": ("gpt_bigcode", dict(n_embd=64, n_layer=2, n_head=4, vocab_size=243, multi_query=False)),
+    "starcoder2-gqa-window": ("starcoder2", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=270,
+                                                 sliding_window=6)),
+    "starcoder2-nobias-untied": ("starcoder2", dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                                    num_attention_heads=4, num_key_value_heads=1, vocab_size=261,
+                                                    use_bias=False, tie_word_embeddings=False)),
+    "qwen2-window-layers": ("qwen2", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                          num_attention_heads=4, num_key_value_heads=2, vocab_size=257,
+                                          use_sliding_window=True, sliding_window=5, max_window_layers=1)),
+    "qwen2-tied": ("qwen2", dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=4, vocab_size=253, tie_word_embeddings=True)),
 }
+
+# one config per family (the one with the most switches on): generation, batching, chat and
+# streaming run on each
+FAMILY_REPRESENTATIVES = ["llama-gqa-tied", "neox-pct25-parallel", "gptj-rot8", "mpt-6heads-clip-scale", "falcon-40b",
+                          "falcon-rw-alibi", "bloom-6heads", "opt-post-ln-projected", "bigcode-mqa",
+                          "starcoder2-gqa-window", "qwen2-window-layers"]
 
 
 def build_tiny_model(path, family: str, overrides: dict, seed: int = 0, init_range: float = 0.1):

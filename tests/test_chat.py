@@ -11,6 +11,7 @@ import pytest
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, TextIteratorStreamer, TextStreamer
 
+from conftest import FAMILY_REPRESENTATIVES
 from llmrt import AutoModelForCausalLM, WeightOnlyQuantConfig
 from llmrt.generation import chat_input_ids
 
@@ -51,10 +52,10 @@ def char_tokenizer():
                                    unk_token="<unk>")
 
 
-@pytest.fixture
-def models_pair(tiny_models):
+@pytest.fixture(params=["llama-mha-untied"])
+def models_pair(tiny_models, request):
     """A counted model for the conversation and a fresh one for from-scratch answers."""
-    path, _ = tiny_models("llama-mha-untied")
+    path, _ = tiny_models(request.param)
     chat = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32, memory_dtype="f32")
     chat.engine = CountingEngine(chat.engine)
     fresh = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32, memory_dtype="f32")
@@ -134,6 +135,7 @@ def _common(a: list[int], b: list[int]) -> int:
     return n
 
 
+@pytest.mark.parametrize("models_pair", FAMILY_REPRESENTATIVES, indirect=True)
 def test_chat_reuses_the_cache_and_matches_from_scratch(models_pair, char_tokenizer):
     """chat() with a tokenizer without a template (ChatML then).  The random model's replies may hold
     special tokens that do not survive templating, and a user may edit an earlier message: either

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FAMILY_REPRESENTATIVES
 from llmrt import AutoModelForCausalLM, WeightOnlyQuantConfig
 
 FP32 = WeightOnlyQuantConfig(weight_dtype="fp32", compute_dtype="fp32")
 PAD = 0
 
 
-@pytest.fixture(scope="module", params=["llama-gqa-tied", "neox-pct100-sequential"])
+@pytest.fixture(scope="module", params=["neox-pct100-sequential"] + FAMILY_REPRESENTATIVES)
 def setup(request, tiny_models):
     path, ref = tiny_models(request.param)
     model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32, memory_dtype="f32")

@@ -41,7 +41,7 @@ def test_untied_embedding_rows_are_given_back_as_they_are_read(tmp_path):
     released = eng.forward(cache, tokens, all_logits=True)
     rss_released = _rss_of_mapping(path)
 
-    eng.release_embedding_rows(None)                               # rows read in place, pages kept
+    eng.embedder.release_rows(None)                               # rows read in place, pages kept
     cache.reset()
     kept = eng.forward(cache, tokens, all_logits=True)
     rss_kept = _rss_of_mapping(path)

@@ -1,4 +1,5 @@
-"""Each family against transformers' own PyTorch forward and generate on the same weights."""
+"""Each family against transformers' own PyTorch forward and generate on the same weights: one
+runner, every config of conftest.TINY_CONFIGS (adding a family adds configs, not tests)."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,8 @@ def _prompt(vocab: int, n: int, seed: int = 1) -> np.ndarray:
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 def test_fp32_logits_match_transformers(tiny_models, name):
     path, ref = tiny_models(name)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32, memory_dtype="f32")
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32)
+    assert model.memory_dtype == "f32"           # fp32 end to end, KV cache included
     ids = _prompt(ref.config.vocab_size, 24)
     with torch.no_grad():
         want = ref(torch.from_numpy(ids)).logits.numpy()
@@ -30,7 +32,7 @@ def test_fp32_logits_match_transformers(tiny_models, name):
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 def test_fp32_greedy_tokens_match_transformers(tiny_models, name):
     path, ref = tiny_models(name)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32, memory_dtype="f32")
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32)
     ids = _prompt(ref.config.vocab_size, 5, seed=2)
     with torch.no_grad():
         want = ref.generate(torch.from_numpy(ids), max_new_tokens=32, min_new_tokens=32, do_sample=False,
@@ -39,10 +41,10 @@ def test_fp32_greedy_tokens_match_transformers(tiny_models, name):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("name", ["llama-gqa-tied", "neox-pct25-parallel"])
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 def test_hidden_states_match_transformers(tiny_models, name):
     path, ref = tiny_models(name)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32, memory_dtype="f32")
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32)
     ids = _prompt(ref.config.vocab_size, 9)
     with torch.no_grad():
         want = ref(torch.from_numpy(ids), output_hidden_states=True).hidden_states
@@ -55,7 +57,7 @@ def test_hidden_states_match_transformers(tiny_models, name):
 @pytest.mark.parametrize("name", ["llama-gqa-tied", "neox-pct100-sequential"])
 def test_f16_kv_cache_stays_close(tiny_models, name):
     path, ref = tiny_models(name)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32)   # f16 cache by default
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32, memory_dtype="f16")
     ids = _prompt(ref.config.vocab_size, 24)
     with torch.no_grad():
         want = ref(torch.from_numpy(ids)).logits.numpy()
@@ -71,6 +73,17 @@ def _dequantized_twin(model):
     return Model(model.config, FP32, tensors, model.source, memory_dtype="f32")
 
 
+# every family: an int8 and an int4 format; llama and gpt_neox: the whole grid below
+FAMILY_QUANT_CASES = [("int8", "sym", 32, "fp32", "fp32", 1e-4), ("int4", "asym", 32, "bf16", "int8", 3e-2)]
+
+
+@pytest.mark.parametrize("weight_dtype,alg,group,scale,compute,tol", FAMILY_QUANT_CASES)
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_every_family_quantized_matches_its_dequantized_weights(tiny_models, name, weight_dtype, alg, group, scale,
+                                                                compute, tol):
+    _check_quantized_twin(tiny_models, name, weight_dtype, alg, group, scale, compute, tol)
+
+
 @pytest.mark.parametrize("weight_dtype,alg,group,scale,compute,tol", [
     ("int8", "sym", 32, "fp32", "fp32", 1e-4),
     ("int8", "asym", 32, "bf16", "fp32", 1e-4),
@@ -83,6 +96,10 @@ def _dequantized_twin(model):
 @pytest.mark.parametrize("name", ["llama-gqa-tied", "neox-pct25-parallel"])
 def test_quantized_model_matches_its_dequantized_weights(tiny_models, name, weight_dtype, alg, group, scale,
                                                          compute, tol):
+    _check_quantized_twin(tiny_models, name, weight_dtype, alg, group, scale, compute, tol)
+
+
+def _check_quantized_twin(tiny_models, name, weight_dtype, alg, group, scale, compute, tol):
     """Quantized inference equals fp32 inference on the dequantized weights: exactly up to float
     rounding with fp32 compute, within activation-rounding error with int8 / bf16 compute."""
     path, ref = tiny_models(name)

@@ -30,6 +30,9 @@ def one_layer(tmp_path_factory):
         "mistral-window": ("mistral", dict(hidden_size=64, intermediate_size=96, num_hidden_layers=1,
                                            num_attention_heads=4, num_key_value_heads=2, vocab_size=130,
                                            sliding_window=6)),
+        # ALiBi: keys carry no position, the bias comes from slot distance
+        "bloom": ("bloom", dict(hidden_size=64, n_layer=1, n_head=4, vocab_size=120)),
+        "mpt": ("mpt", dict(d_model=96, n_heads=6, n_layers=1, vocab_size=125, max_seq_len=256)),
     }
     out = {}
     for name, (family, over) in specs.items():
@@ -65,10 +68,12 @@ def _check_steps(out, reference, window) -> None:
 
 
 @pytest.mark.parametrize("name,prompt_len,keep", [("llama", 5, KEEP), ("neox", 5, KEEP), ("llama", 24, KEEP),
-                                                  ("neox", 6, 0), ("llama", 5, -1), ("mistral-window", 5, KEEP)])
+                                                  ("neox", 6, 0), ("llama", 5, -1), ("mistral-window", 5, KEEP),
+                                                  ("bloom", 5, KEEP), ("mpt", 24, KEEP), ("bloom", 6, 0)])
 def test_shift_roped_k_ring_equals_from_scratch(one_layer, name, prompt_len, keep):
     """NeoX-halves rotary (llama, neox partial rotary), a prompt longer than the context, no sinks,
-    n_keep=-1 (the whole prompt), and a sliding window smaller than the context (moved, not ringed)."""
+    n_keep=-1 (the whole prompt), a sliding window smaller than the context (moved, not ringed), and
+    ALiBi (moved too: slots stay in order, the bias is their distance)."""
     model, ref = one_layer[name]
     prompt = np.random.default_rng(1).integers(3, ref.config.vocab_size, size=(1, prompt_len))
     out = model.generate(prompt, max_new_tokens=6 * CTX, eos_token_id=None, ctx_size=CTX, n_keep=keep,
@@ -104,12 +109,14 @@ def _reeval_window(keep: int, discard: int, ctx: int):
     return window
 
 
-@pytest.mark.parametrize("name", ["llama-gqa-tied", "neox-pct25-parallel"])
+@pytest.mark.parametrize("name", ["llama-gqa-tied", "neox-pct25-parallel", "bloom-6heads", "opt-post-ln-projected",
+                                  "bigcode-mqa"])
 @pytest.mark.parametrize("keep,discard", [(KEEP, -1), (KEEP, 3), (0, -1)])
 def test_reevaluation_equals_from_scratch(tiny_models, name, keep, discard):
-    """Re-evaluation recomputes the kept window, so even a multi-layer cache equals a fresh forward."""
+    """Re-evaluation recomputes the kept window, so even a multi-layer cache equals a fresh forward,
+    whatever the positions (rotary, ALiBi, learned)."""
     path, ref = tiny_models(name)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32, memory_dtype="f32")
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32)
     prompt = np.random.default_rng(3).integers(3, ref.config.vocab_size, size=(1, 7))
     out = model.generate(prompt, max_new_tokens=4 * CTX, eos_token_id=None, ctx_size=CTX, n_keep=keep,
                          n_discard=discard, return_dict_in_generate=True, output_logits=True)
@@ -133,11 +140,30 @@ def test_streaming_batches_and_beams(one_layer):
         model.generate(a[None], num_beams=2, **dict(kw, max_new_tokens=-1))
 
 
-def test_shift_needs_rotary_positions(one_layer):
+@pytest.mark.parametrize("name", ["opt-pre-ln", "bigcode-mha"])
+def test_learned_position_families_refuse_shift_roped_k(tiny_models, name):
+    path, ref = tiny_models(name)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32)
+    assert not model.engine.shifts.can_shift_keys
+    with pytest.raises(ValueError, match="learned"):
+        model.generate([[5, 6, 7]], max_new_tokens=30, ctx_size=CTX, n_keep=2, shift_roped_k=True)
+
+
+def test_learned_positions_end_at_the_table(tiny_models):
+    """Past the last learned position is a clear error, not a read past the table."""
+    path, ref = tiny_models("bigcode-mqa")
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32)
+    n = ref.config.n_positions
+    with pytest.raises(ValueError, match=f"past the {n} positions"):
+        model.engine.forward(model.new_cache(n + 8), np.arange(n + 1) % 100)
+
+
+def test_learned_positions_refuse_shifts_but_re_evaluate(one_layer):
     base, _ = one_layer["llama"]
-    cfg = dataclasses.replace(base.config, rotary_dim=0)
-    model = Model(cfg, FP32, base._tensors, base.source, "f32")
-    with pytest.raises(ValueError, match="rotary"):
+    cfg = dataclasses.replace(base.config, rotary_dim=0, positions="learned", max_position_embeddings=CTX)
+    table = np.random.default_rng(0).normal(0, 0.1, (CTX, cfg.hidden_size)).astype(np.float32)
+    model = Model(cfg, FP32, dict(base._tensors, pos_embed=(table, None)), base.source, "f32")
+    with pytest.raises(ValueError, match="learned"):
         model.generate([[5, 6, 7]], max_new_tokens=30, ctx_size=CTX, n_keep=2, shift_roped_k=True)
     # re-evaluation works for any position scheme
     assert model.generate([[5, 6, 7]], max_new_tokens=30, ctx_size=CTX, n_keep=2, eos_token_id=None).shape == (1, 33)

@@ -11,14 +11,19 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t
 from libc.math cimport cos, sin
+from libc.string cimport memcpy
 
 from llmrt._kernels._ops cimport ActScratch, Linear, active_kernels
 from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, LR_QK
-from llmrt._core.kvcache cimport KVCache
+from llmrt._core.kvcache cimport (KVCache, segment_table, SEG_POS, SEG_LAST, SEG_WINDOWED, SEG_CTX, SEG_BEGIN,
+                                   SEG_COLUMNS)
+from llmrt._core.embedding cimport Embedder
+from llmrt._core.layer cimport Layer, float_ptr
+from llmrt._core.layer import float_vector
 from llmrt._core.rows cimport RowSpec, NORM_RMS, NORM_LAYER, norm_row, norm_rows, add_norm_rows, rope_store_rows
 from llmrt._core.streaming import KeyShifter
 from llmrt.blockspec import BlockSpec
-from llmrt._core.ops cimport layer_norm, activate, ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU
+from llmrt._core.ops cimport activate, clamp, ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU
 
 cnp.import_array()
 
@@ -32,90 +37,59 @@ ACTIVATIONS = {"silu": ACT_SILU, "gelu": ACT_GELU, "gelu_tanh": ACT_GELU_TANH, "
 RESIDUALS = {"sequential": RES_SEQUENTIAL, "parallel": RES_PARALLEL, "parallel_shared_norm": RES_PARALLEL_SHARED_NORM}
 # rows of the output head per two-pass weight pass (decode and beams need few; prefill asks for one)
 HEAD_TWO_PASS_ROWS = 32
-# windows of a mapped embedding's rows that may stay resident before its pages are given back
-# (a page fault maps up to a 2 MiB folio: 4 windows bound it to about 8 MiB)
-cdef enum:
-    EMBED_WINDOWS = 4
-
-
-
-
-cdef class Layer:
-    """Weights of one decoder block."""
-    cdef public Linear qkv, attn_out, mlp_in, mlp_out
-    cdef public object attn_norm_w, attn_norm_b, mlp_norm_w, mlp_norm_b
-
-    def __init__(self, Linear qkv, Linear attn_out, Linear mlp_in, Linear mlp_out,
-                 attn_norm_w, attn_norm_b=None, mlp_norm_w=None, mlp_norm_b=None):
-        self.qkv, self.attn_out, self.mlp_in, self.mlp_out = qkv, attn_out, mlp_in, mlp_out
-        self.attn_norm_w = _vec(attn_norm_w)
-        self.attn_norm_b = _vec(attn_norm_b)
-        self.mlp_norm_w = _vec(mlp_norm_w)
-        self.mlp_norm_b = _vec(mlp_norm_b)
-
-
-def _vec(a):
-    return None if a is None else np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
-
-
-cdef inline const float *_ptr(object a):
-    if a is None:
-        return NULL
-    return <const float *> cnp.PyArray_DATA(<cnp.ndarray> a)
 
 
 cdef class Engine:
     """Runs token chunks through embedding, blocks, final norm and head."""
     cdef readonly int n_layer, hidden, n_head, n_kv_head, head_dim, rot_dim, vocab
-    cdef readonly int64_t window
     # the block spec (blockspec.BlockSpec) and its switches as enums
     cdef readonly object spec
     cdef RowSpec rs
     cdef ResidualKind residual
-    cdef bint gated
-    cdef int act_kind, interleaved
-    cdef float eps, attn_scale
+    cdef bint gated, post_norm
+    cdef int act_kind
+    cdef float attn_scale, qkv_clip
+    cdef object inv_freq, alibi, windows
     cdef readonly list layers
-    cdef readonly Linear embed, lm_head
-    cdef object final_norm_w, final_norm_b, inv_freq, emb_norm_w, emb_norm_b
+    cdef readonly Embedder embedder
+    cdef readonly Linear lm_head, project_out
+    cdef object final_norm_w, final_norm_b
     cdef readonly int64_t max_chunk
     cdef readonly ActScratch act_scratch, head_scratch
-    # StreamingLLM shifts of this model's caches (streaming.pyx)
+    # StreamingLLM shifts of this model's caches (streaming.pyx: can_shift_keys, ring_advance, ...)
     cdef readonly object shifts
-    # a mapped embedding read row by row: release(first, end) gives back the pages of its rows
-    cdef object embed_release, embed_windows
-    cdef int64_t embed_window
     # seconds spent running blocks and head (the rest of a call is argument handling in Python)
     cdef public double compute_seconds
     # scratch, sized for max_chunk rows
-    cdef cnp.ndarray x, h, h2, qkv, att, o, mi, act, m, aq, ad, asum, cs, sn, logits_row
+    cdef cnp.ndarray x, h, h2, qkv, att, o, mi, act, m, aq, ad, asum, cs, sn, hp
 
-    def __init__(self, *, int hidden, int vocab, spec, list layers, Linear embed, Linear lm_head, final_norm_w,
-                 final_norm_b=None, emb_norm_w=None, emb_norm_b=None, int64_t max_chunk=128, str two_pass="none"):
-        """spec: a blockspec.BlockSpec (validated when it was made)."""
+    def __init__(self, *, int hidden, spec, list layers, Embedder embedder, Linear lm_head, final_norm_w=None,
+                 final_norm_b=None, Linear project_out=None, int64_t max_chunk=128, str two_pass="none"):
+        """spec: a blockspec.BlockSpec (validated when it was made); embedder: the rows a chunk
+        starts from; project_out: hidden -> the head's width, after the final norm (OPT-350m)."""
         if not isinstance(spec, BlockSpec):
             raise TypeError(f"spec must be a llmrt.blockspec.BlockSpec, got {type(spec).__name__}")
         self.spec = spec
-        self.hidden, self.vocab = hidden, vocab
+        self.hidden, self.vocab = hidden, lm_head.n
         self.n_head, self.n_kv_head, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.n_layer = len(layers)
         self.rs.hidden, self.rs.n_head, self.rs.n_kv_head, self.rs.head_dim = hidden, spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.rs.rot_dim, self.rs.interleaved = spec.rotary_dim, spec.rotary_interleaved
         self.rs.norm, self.rs.eps = NORMS[spec.norm], spec.norm_eps
-        self.gated = spec.gated
+        self.gated, self.post_norm = spec.gated, spec.norm_placement == "post"
         self.act_kind = -1 if spec.gated else ACTIVATIONS[spec.mlp]
         self.residual = RESIDUALS[spec.residual]
-        self.eps = spec.norm_eps
         self.rot_dim = spec.rotary_dim
-        self.interleaved = spec.rotary_interleaved
         self.inv_freq = spec.inv_freq
-        self.window = spec.sliding_window
-        self.shifts = KeyShifter(self.rot_dim, self.interleaved, self.inv_freq, self.window)
-        self.attn_scale = spec.scale
+        self.alibi = spec.alibi_slopes
+        self.windows = np.array([spec.window_of(l) for l in range(self.n_layer)], np.int64)
+        # a wrapped ring is attended as one set: only windows at least as large as the cache allow it
+        self.shifts = KeyShifter(spec.positions, self.rot_dim, spec.rotary_interleaved, self.inv_freq,
+                                 min([w for w in self.windows if w > 0], default=0))
+        self.attn_scale, self.qkv_clip = spec.scale, spec.qkv_clip
         self.layers = layers
-        self.embed, self.lm_head = embed, lm_head
-        self.final_norm_w, self.final_norm_b = _vec(final_norm_w), _vec(final_norm_b)
-        self.emb_norm_w, self.emb_norm_b = _vec(emb_norm_w), _vec(emb_norm_b)
+        self.embedder, self.lm_head, self.project_out = embedder, lm_head, project_out
+        self.final_norm_w, self.final_norm_b = float_vector(final_norm_w), float_vector(final_norm_b)
         self.max_chunk = max_chunk
         self._check_shapes()
         self._alloc(max_chunk)
@@ -135,23 +109,19 @@ cdef class Engine:
                 lm_head.use_two_pass_activations(self.head_scratch)
 
     def _check_shapes(self):
-        qkv_n = (self.n_head + 2 * self.n_kv_head) * self.head_dim
-        if self.embed.k != self.hidden or self.embed.n != self.vocab:
-            raise ValueError(f"embedding is {self.embed.n}x{self.embed.k}, expected {self.vocab}x{self.hidden}")
-        if self.lm_head.k != self.hidden or self.lm_head.n != self.vocab:
-            raise ValueError(f"lm_head is {self.lm_head.n}x{self.lm_head.k}, expected {self.vocab}x{self.hidden}")
-        for i, L in enumerate(self.layers):
-            lay = <Layer> L
-            ff = lay.mlp_out.k
-            want_in = 2 * ff if self.gated else ff
-            checks = [(lay.qkv, qkv_n, self.hidden, "qkv"), (lay.attn_out, self.hidden, self.n_head * self.head_dim, "attn_out"),
-                      (lay.mlp_in, want_in, self.hidden, "mlp_in"), (lay.mlp_out, self.hidden, ff, "mlp_out")]
-            for lin, n, k, name in checks:
-                if lin.n != n or lin.k != k:
-                    raise ValueError(f"layer {i} {name} is {lin.n}x{lin.k}, expected {n}x{k}")
-            for w in (lay.attn_norm_w, lay.mlp_norm_w if self.residual != RES_PARALLEL_SHARED_NORM else lay.attn_norm_w):
-                if w is None or w.shape[0] != self.hidden:
-                    raise ValueError(f"layer {i} norm weight must have {self.hidden} values")
+        self.spec.check_layers(self.hidden, self.layers)
+        width = self.hidden if self.project_out is None else self.project_out.n
+        if self.project_out is not None and self.project_out.k != self.hidden:
+            raise ValueError(f"project_out is {self.project_out.n}x{self.project_out.k}, expected {width}x{self.hidden}")
+        if self.lm_head.k != width:
+            raise ValueError(f"lm_head is {self.lm_head.n}x{self.lm_head.k}, expected {self.vocab}x{width}")
+        if self.embedder.hidden != self.hidden or self.embedder.vocab != self.vocab:
+            raise ValueError(f"the embedding is for {self.embedder.vocab} tokens of width {self.embedder.hidden}, "
+                             f"expected {self.vocab} of {self.hidden}")
+        if self.spec.final_norm != (self.final_norm_w is not None):
+            raise ValueError("the final norm weight must be given exactly when the spec has a final norm")
+        if (self.spec.positions == "learned") != (self.embedder.positions is not None):
+            raise ValueError("a position table must be given exactly when the spec has learned positions")
 
     def _alloc(self, int64_t rows):
         cdef int64_t max_k = self.hidden, max_mi = 0, max_ff = 0
@@ -160,6 +130,7 @@ cdef class Engine:
             max_k = max(max_k, lay.mlp_out.k, lay.attn_out.k)
             max_mi = max(max_mi, lay.mlp_in.n)
             max_ff = max(max_ff, lay.mlp_out.k)
+        max_k = max(max_k, self.lm_head.k, self.embedder.e.shape[1])
         qkv_n = (self.n_head + 2 * self.n_kv_head) * self.head_dim
         f = np.float32
         self.x = np.zeros((rows, self.hidden), f)
@@ -171,52 +142,20 @@ cdef class Engine:
         self.mi = np.zeros((rows, max(max_mi, 1)), f)
         self.act = np.zeros((rows, max(max_ff, 1)), f)
         self.m = np.zeros((rows, self.hidden), f)
+        self.hp = np.zeros((rows if self.project_out is not None else 0, self.lm_head.k), f)
         self.aq = np.zeros(rows * max_k + LR_QK, np.int8)
         self.ad = np.zeros(rows * (max_k // LR_QK + 1), f)
         self.asum = np.zeros(rows * (max_k // LR_QK + 1), np.int32)
         self.cs = np.zeros((rows, max(self.rot_dim // 2, 1)), f)
         self.sn = np.zeros((rows, max(self.rot_dim // 2, 1)), f)
 
-    def release_embedding_rows(self, release, int64_t window_rows=1):
-        """Give back the pages of a mapped embedding as rows are read: once rows of more than
-        EMBED_WINDOWS windows (of window_rows rows) have been read, release(0, vocab) is called (one
-        call, not one per row: each costs a TLB shootdown).  None reads rows in place and keeps them."""
-        if release is not None and (not callable(release) or window_rows <= 0):
-            raise ValueError("release must be callable and window_rows positive")
-        self.embed_release = release
-        self.embed_window = window_rows
-        self.embed_windows = set()
-
-    cdef void _embed_rows(self, cnp.ndarray toks, float *x) except *:
-        cdef int64_t rows = toks.shape[0], H = self.hidden, i, t, w
-        cdef const int64_t *tk = <const int64_t *> cnp.PyArray_DATA(toks)
-        cdef cnp.ndarray order
-        cdef const int64_t *od
-        if self.embed_release is None:
-            with nogil:
-                for t in range(rows):
-                    self.embed.row(tk[t], x + t * H)
-            return
-        # in row order, so each window's rows are read together
-        order = np.argsort(toks, kind="stable").astype(np.int64)
-        od = <const int64_t *> cnp.PyArray_DATA(order)
-        for i in range(rows):
-            t = od[i]
-            w = tk[t] // self.embed_window
-            if w not in self.embed_windows:
-                if len(self.embed_windows) >= EMBED_WINDOWS:
-                    self.embed_release(0, self.vocab)
-                    self.embed_windows.clear()
-                self.embed_windows.add(w)
-            self.embed.row(tk[t], x + t * H)
-
     def new_cache(self, int64_t ctx, dtype="f16"):
         return KVCache(self.n_layer, self.n_kv_head, ctx, self.head_dim, dtype)
 
     @property
     def scratch_nbytes(self):
-        return sum(a.nbytes for a in (self.x, self.h, self.h2, self.qkv, self.att, self.o, self.mi,
-                                      self.act, self.m, self.aq, self.ad, self.asum, self.cs, self.sn))
+        return sum(a.nbytes for a in (self.x, self.h, self.h2, self.qkv, self.att, self.o, self.mi, self.act,
+                                      self.m, self.aq, self.ad, self.asum, self.cs, self.sn, self.hp, self.embedder.e))
 
     def forward(self, KVCache cache, tokens, bint all_logits=False, list hidden_states=None):
         """Append tokens to the sequence in cache and return logits: (n, vocab) float32 if
@@ -227,8 +166,9 @@ cdef class Engine:
         self._check_cache(cache, n)
         if hidden_states is not None:
             del hidden_states[:]
-            for _ in range(self.n_layer + 1):
+            for _ in range(self.n_layer):
                 hidden_states.append(np.empty((n, self.hidden), np.float32))
+            hidden_states.append(np.empty((n, self.lm_head.k), np.float32))   # after the final norm
         out = np.empty((n if all_logits else 1, self.vocab), np.float32)
         cdef int64_t start = 0, rows = 0
         t0 = time.perf_counter()
@@ -236,10 +176,10 @@ cdef class Engine:
             rows = min(self.max_chunk, n - start)
             self._chunk([cache], toks[start:start + rows], hidden_states, start)
             if all_logits:
-                self._head(rows, out[start:start + rows])
+                self._head(0, rows, out[start:start + rows])
             start += rows
         if not all_logits:
-            self._head_last(rows, out)
+            self._head(rows - 1, 1, out)
         self.compute_seconds += time.perf_counter() - t0
         return out
 
@@ -259,7 +199,7 @@ cdef class Engine:
         while start < n:
             rows = min(self.max_chunk, n - start)
             self._chunk(caches[start:start + rows], toks[start:start + rows], None, 0)
-            self._head(rows, out[start:start + rows])
+            self._head(0, rows, out[start:start + rows])
             start += rows
         self.compute_seconds += time.perf_counter() - t0
         return out
@@ -304,50 +244,40 @@ cdef class Engine:
         cdef float *cs = <float *> cnp.PyArray_DATA(self.cs)
         cdef float *sn = <float *> cnp.PyArray_DATA(self.sn)
         cdef const float *inv_freq = <const float *> cnp.PyArray_DATA(self.inv_freq)
-        cdef const float *enw = _ptr(self.emb_norm_w)
-        cdef const float *enb = _ptr(self.emb_norm_b)
+        cdef const float *slopes = NULL if self.alibi is None else <const float *> cnp.PyArray_DATA(self.alibi)
+        cdef const int64_t *windows = <const int64_t *> cnp.PyArray_DATA(self.windows)
         cdef int64_t H = self.hidden, hd = self.head_dim, nh = self.n_head, nkv = self.n_kv_head
         cdef int64_t qkv_n = (nh + 2 * nkv) * hd, att_n = nh * hd, half = self.rot_dim // 2
-        cdef int64_t t, i, l, s, ff, mi_n, pos
+        cdef int64_t t, i, l, s, ff, mi_n
         cdef Layer lay
         cdef const float *anw
         cdef const float *anb
         cdef const float *mnw
         cdef const float *mnb
+        cdef float *attn_in
         cdef lr_attn_args a
         cdef const lr_kernels *K = active_kernels()
         cdef float theta
         cdef bint want_hidden = hidden_states is not None
         cdef KVCache c
         # per sequence: where its rows write K/V and which slots they attend to
-        cdef cnp.ndarray segs = np.empty((nseg, 6), np.int64)
+        cdef cnp.ndarray segs = np.empty((nseg, SEG_COLUMNS), np.int64)
         cdef int64_t[:, ::1] sg = segs
         cdef cnp.ndarray bases = np.empty((nseg, 2), np.uintp)
         cdef size_t[:, ::1] bp = bases
-        cdef bint kv16 = caches[0].k.dtype == np.float16
+        cdef cnp.ndarray positions = np.empty(rows, np.int64)
+        cdef int64_t *pos = <int64_t *> cnp.PyArray_DATA(positions)
+        cdef bint kv16 = segment_table(caches, sg, bp)
         cdef int64_t esize = 2 if kv16 else 4
         for s in range(nseg):
-            c = <KVCache> caches[s]
-            if (c.k.dtype == np.float16) != kv16:
-                raise ValueError("caches of one batch must share their memory dtype")
-            sg[s, 0] = c.pos_base + c.n_past                   # rotary position of the first row
-            sg[s, 1] = c._slot(c.n_past)                       # slot of the first row
-            # attention range: slots [.., att] hold this token and everything before it
-            sg[s, 2] = c.n_past if c.ring_head == 0 else c.ctx - 1
-            sg[s, 3] = self.window if c.ring_head == 0 else 0  # a ring only runs when window >= ctx
-            sg[s, 4] = c.ctx
-            sg[s, 5] = c.kv_begin
-            bp[s, 0] = <size_t> cnp.PyArray_DATA(c.k)
-            bp[s, 1] = <size_t> cnp.PyArray_DATA(c.v)
-
-        self._embed_rows(toks, x)
+            self.embedder.check_positions(sg[s, SEG_POS] + seg_rows - 1)
+        for t in range(rows):
+            pos[t] = sg[t // seg_rows, SEG_POS] + t % seg_rows
+        self.embedder.rows(toks, pos, x, h, aq, ad, asum)
         with nogil:
             for t in range(rows):
-                if enw != NULL:
-                    layer_norm(x + t * H, x + t * H, enw, enb, H, self.eps)
-                pos = sg[t // seg_rows, 0] + t % seg_rows
                 for i in range(half):
-                    theta = <float> pos * inv_freq[i]
+                    theta = <float> pos[t] * inv_freq[i]
                     cs[t * half + i] = <float> cos(theta)
                     sn[t * half + i] = <float> sin(theta)
         if want_hidden:
@@ -355,13 +285,18 @@ cdef class Engine:
 
         for l in range(self.n_layer):
             lay = <Layer> self.layers[l]
-            anw, anb = _ptr(lay.attn_norm_w), _ptr(lay.attn_norm_b)
-            mnw, mnb = _ptr(lay.mlp_norm_w), _ptr(lay.mlp_norm_b)
+            anw, anb = float_ptr(lay.attn_norm_w), float_ptr(lay.attn_norm_b)
+            mnw, mnb = float_ptr(lay.mlp_norm_w), float_ptr(lay.mlp_norm_b)
             ff = lay.mlp_out.k
             mi_n = lay.mlp_in.n
             with nogil:
-                norm_rows(&self.rs, x, h, anw, anb, rows)
-                lay.qkv.apply(h, H, rows, qkv, qkv_n, aq, ad, asum)
+                attn_in = x
+                if not self.post_norm:
+                    norm_rows(&self.rs, x, h, anw, anb, rows)
+                    attn_in = h
+                lay.qkv.apply(attn_in, H, rows, qkv, qkv_n, aq, ad, asum)
+                if self.qkv_clip > 0:
+                    clamp(qkv, rows * qkv_n, self.qkv_clip)
                 rope_store_rows(&self.rs, qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16)
                 for s in range(nseg):
                     a.q = qkv + s * seg_rows * qkv_n
@@ -369,22 +304,27 @@ cdef class Engine:
                     a.out = att + s * seg_rows * att_n
                     a.out_stride = att_n
                     a.n_tok = seg_rows
-                    a.pos0 = sg[s, 2]
+                    a.pos0 = sg[s, SEG_LAST]
                     a.n_head = <int> nh
                     a.n_kv_head = <int> nkv
                     a.head_dim = <int> hd
                     a.kv_f16 = kv16
-                    a.k_cache = <char *> bp[s, 0] + l * nkv * sg[s, 4] * hd * esize
-                    a.v_cache = <char *> bp[s, 1] + l * nkv * sg[s, 4] * hd * esize
-                    a.ctx = sg[s, 4]
-                    a.kv_begin = sg[s, 5]
-                    a.window = sg[s, 3]
+                    a.k_cache = <char *> bp[s, 0] + l * nkv * sg[s, SEG_CTX] * hd * esize
+                    a.v_cache = <char *> bp[s, 1] + l * nkv * sg[s, SEG_CTX] * hd * esize
+                    a.ctx = sg[s, SEG_CTX]
+                    a.kv_begin = sg[s, SEG_BEGIN]
+                    a.window = windows[l] if sg[s, SEG_WINDOWED] else 0
                     a.scale = self.attn_scale
-                    a.alibi_slopes = NULL
+                    a.alibi_slopes = slopes
                     K.attention(&a)
                 lay.attn_out.apply(att, att_n, rows, o, H, aq, ad, asum)
 
-                if self.residual == RES_SEQUENTIAL:
+                if self.post_norm:
+                    # x = norm1(x + o); x = norm2(x + mlp(x))
+                    add_norm_rows(&self.rs, x, o, NULL, x, anw, anb, rows)
+                    self._mlp(lay, x, rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                    add_norm_rows(&self.rs, x, m, NULL, x, mnw, mnb, rows)
+                elif self.residual == RES_SEQUENTIAL:
                     # x += o; h2 = norm(x)
                     add_norm_rows(&self.rs, x, o, NULL, h2, mnw, mnb, rows)
                     self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
@@ -402,32 +342,12 @@ cdef class Engine:
             c = <KVCache> caches[s]
             c.n_past += seg_rows
         if want_hidden:
-            # transformers reports the last hidden state after the final norm
-            fin = hidden_states[self.n_layer]
-            self._final_norm_rows(0, rows)
-            fin[hs_off:hs_off + rows] = self.h[:rows]
-
-    # ------------------------------------------------------------ StreamingLLM position shifts
-    @property
-    def can_shift_keys(self):
-        """Whether cached keys can be moved to other positions by rotation alone (streaming.py)."""
-        return self.shifts.can_shift_keys
-
-    def ring_fits(self, int64_t ctx):
-        return self.shifts.ring_fits(ctx)
-
-    def ring_advance(self, KVCache cache, int64_t n_keep):
-        self.shifts.ring_advance(cache, n_keep)
-
-    def shift_window(self, KVCache cache, int64_t n_keep, int64_t n_drop):
-        self.shifts.shift_window(cache, n_keep, n_drop)
-
-    def logical_kv(self, KVCache cache):
-        return self.shifts.logical_kv(cache)
+            # transformers reports the last hidden state after the final norm (and projection)
+            self._head_input(0, rows)
+            hidden_states[self.n_layer][hs_off:hs_off + rows] = (self.h if self.project_out is None else self.hp)[:rows]
 
     cdef void _mlp(self, Layer lay, float *inp, int64_t rows, float *mi, int64_t mi_n, float *act, int64_t ff,
                    float *out, int8_t *aq, float *ad, int32_t *asum) noexcept nogil:
-        cdef int64_t t
         lay.mlp_in.apply(inp, self.hidden, rows, mi, mi_n, aq, ad, asum)
         if self.gated:
             active_kernels().silu_mul(mi, mi_n, rows, ff, act, ff)
@@ -436,33 +356,35 @@ cdef class Engine:
             activate(mi, rows * mi_n, self.act_kind)
             lay.mlp_out.apply(mi, mi_n, rows, out, self.hidden, aq, ad, asum)
 
-    cdef void _final_norm_rows(self, int64_t first, int64_t count):
+    cdef float *_head_input(self, int64_t first, int64_t count) except NULL:
+        """The head's input rows for chunk rows [first, first + count): the final norm (if any) of x
+        into h, then the projection out (if any) into hp."""
         cdef float *x = <float *> cnp.PyArray_DATA(self.x)
         cdef float *h = <float *> cnp.PyArray_DATA(self.h)
-        cdef const float *w = _ptr(self.final_norm_w)
-        cdef const float *b = _ptr(self.final_norm_b)
+        cdef float *hp = <float *> cnp.PyArray_DATA(self.hp)
+        cdef const float *w = float_ptr(self.final_norm_w)
+        cdef const float *b = float_ptr(self.final_norm_b)
+        cdef int8_t *aq = <int8_t *> cnp.PyArray_DATA(self.aq)
+        cdef float *ad = <float *> cnp.PyArray_DATA(self.ad)
+        cdef int32_t *asum = <int32_t *> cnp.PyArray_DATA(self.asum)
         cdef int64_t t, H = self.hidden
         with nogil:
             for t in range(first, first + count):
-                norm_row(&self.rs, x + t * H, h + (t - first) * H, w, b)
+                if w != NULL:
+                    norm_row(&self.rs, x + t * H, h + (t - first) * H, w, b)
+                else:
+                    memcpy(h + (t - first) * H, x + t * H, H * sizeof(float))
+            if self.project_out is None:
+                return h
+            self.project_out.apply(h, H, count, hp, self.project_out.n, aq, ad, asum)
+        return hp
 
-    cdef void _head(self, int64_t rows, cnp.ndarray out):
-        """Logits for the first `rows` rows of the current chunk into out (rows, vocab)."""
-        cdef float *h = <float *> cnp.PyArray_DATA(self.h)
+    cdef void _head(self, int64_t first, int64_t count, cnp.ndarray out) except *:
+        """Logits of chunk rows [first, first + count) into out (count, vocab)."""
+        cdef float *inp = self._head_input(first, count)
         cdef int8_t *aq = <int8_t *> cnp.PyArray_DATA(self.aq)
         cdef float *ad = <float *> cnp.PyArray_DATA(self.ad)
         cdef int32_t *asum = <int32_t *> cnp.PyArray_DATA(self.asum)
         cdef float *y = <float *> cnp.PyArray_DATA(out)
-        self._final_norm_rows(0, rows)
         with nogil:
-            self.lm_head.apply(h, self.hidden, rows, y, self.vocab, aq, ad, asum)
-
-    cdef void _head_last(self, int64_t rows, cnp.ndarray out):
-        cdef float *h = <float *> cnp.PyArray_DATA(self.h)
-        cdef int8_t *aq = <int8_t *> cnp.PyArray_DATA(self.aq)
-        cdef float *ad = <float *> cnp.PyArray_DATA(self.ad)
-        cdef int32_t *asum = <int32_t *> cnp.PyArray_DATA(self.asum)
-        cdef float *y = <float *> cnp.PyArray_DATA(out)
-        self._final_norm_rows(rows - 1, 1)
-        with nogil:
-            self.lm_head.apply(h, self.hidden, 1, y, self.vocab, aq, ad, asum)
+            self.lm_head.apply(inp, self.lm_head.k, count, y, self.vocab, aq, ad, asum)

@@ -23,6 +23,19 @@ cdef class KVCache:
     cdef int64_t _slot(self, int64_t i) noexcept
 
 
+# Columns of a batch's segment table (one row per sequence, see segment_table)
+cdef enum:
+    SEG_POS          # position of the sequence's first new row
+    SEG_SLOT         # cache slot it is written to
+    SEG_LAST         # attention: slots [.., SEG_LAST] hold it and everything before it
+    SEG_WINDOWED     # whether sliding windows apply (a wrapped ring only runs when windows >= ctx)
+    SEG_CTX
+    SEG_BEGIN        # first slot attended (left padding)
+    SEG_COLUMNS
+
+cdef bint segment_table(list caches, int64_t[:, ::1] sg, size_t[:, ::1] bp) except -1
+
+
 cdef inline void load_row(const char *src, float *dst, int64_t n, bint f16) noexcept nogil:
     """n cache values (fp16 or fp32) at src as floats."""
     cdef int64_t i

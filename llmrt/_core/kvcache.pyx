@@ -108,3 +108,24 @@ cdef class KVCache:
         out.sinks = None if self.sinks is None else self.sinks.copy()
         out.sinks_base = self.sinks_base
         return out
+
+
+cdef bint segment_table(list caches, int64_t[:, ::1] sg, size_t[:, ::1] bp) except -1:
+    """Fill one row of sg (the SEG_ columns) and bp (K and V base pointers) per cache of a batch; returns
+    whether the caches are fp16 (they must share their memory dtype)."""
+    cdef KVCache c
+    cdef int64_t s
+    cdef bint kv16 = caches[0].k.dtype == np.float16
+    for s in range(len(caches)):
+        c = <KVCache> caches[s]
+        if (c.k.dtype == np.float16) != kv16:
+            raise ValueError("caches of one batch must share their memory dtype")
+        sg[s, SEG_POS] = c.pos_base + c.n_past
+        sg[s, SEG_SLOT] = c._slot(c.n_past)
+        sg[s, SEG_LAST] = c.n_past if c.ring_head == 0 else c.ctx - 1
+        sg[s, SEG_WINDOWED] = c.ring_head == 0
+        sg[s, SEG_CTX] = c.ctx
+        sg[s, SEG_BEGIN] = c.kv_begin
+        bp[s, 0] = <size_t> cnp.PyArray_DATA(c.k)
+        bp[s, 1] = <size_t> cnp.PyArray_DATA(c.v)
+    return kv16

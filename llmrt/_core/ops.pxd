@@ -6,6 +6,7 @@ cdef void layer_norm(const float *x, float *out, const float *w, const float *b,
 cdef void rotary(float *x, int64_t n_heads, int64_t head_dim, int64_t rot_dim, int interleaved,
                  const float *cos_row, const float *sin_row) noexcept nogil
 cdef void activate(float *x, int64_t n, int kind) noexcept nogil
+cdef void clamp(float *x, int64_t n, float c) noexcept nogil
 
 cdef enum:
     ACT_SILU = 0

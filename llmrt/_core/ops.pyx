@@ -66,3 +66,9 @@ cdef void activate(float *x, int64_t n, int kind) noexcept nogil:
             x[i] = 0.5 * v * (1.0 + tanhf(0.7978845608028654 * (v + 0.044715 * v * v * v)))
         else:
             x[i] = v if v > 0 else 0.0
+
+
+cdef void clamp(float *x, int64_t n, float c) noexcept nogil:
+    cdef int64_t i
+    for i in range(n):
+        x[i] = c if x[i] > c else (-c if x[i] < -c else x[i])

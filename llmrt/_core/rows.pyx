@@ -3,7 +3,7 @@
 from libc.stdint cimport int64_t
 from cython.parallel cimport prange
 
-from llmrt._core.kvcache cimport store_row
+from llmrt._core.kvcache cimport store_row, SEG_CTX, SEG_SLOT
 from llmrt._core.ops cimport rms_norm, layer_norm, rotary
 
 
@@ -66,7 +66,7 @@ cdef inline void _rope_store_row(const RowSpec *s, float *qkv, int64_t row, int6
     if half > 0:
         rotary(src, nh + nkv, hd, s.rot_dim, s.interleaved, cs + row * half, sn + row * half)
     for kvh in range(nkv):
-        off = ((l * nkv + kvh) * sg[q, 4] + sg[q, 1] + t) * hd * esize
+        off = ((l * nkv + kvh) * sg[q, SEG_CTX] + sg[q, SEG_SLOT] + t) * hd * esize
         store_row(src + (nh + kvh) * hd, <char *> bp[q, 0] + off, hd, kv16)
         store_row(src + (nh + nkv + kvh) * hd, <char *> bp[q, 1] + off, hd, kv16)
 

@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """StreamingLLM position shifts of a KV cache: the attention-sink ring and window drops, by rotating
-cached keys (rotary families only)."""
+cached keys (rotary families) or moving them (ALiBi, whose bias comes from slot distance)."""
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t
@@ -13,14 +13,16 @@ cnp.import_array()
 
 
 cdef class KeyShifter:
-    """Moves the tokens of a model's caches to other positions (one per engine: the rotary
-    layout and the sliding window are the model's)."""
+    """Moves the tokens of a model's caches to other positions (one per engine: the position
+    kind, rotary layout and sliding window are the model's)."""
+    cdef readonly str positions
     cdef readonly int rot_dim
     cdef readonly int64_t window
     cdef int interleaved
     cdef object inv_freq
 
-    def __init__(self, int rot_dim, bint interleaved, inv_freq, int64_t window):
+    def __init__(self, str positions, int rot_dim, bint interleaved, inv_freq, int64_t window):
+        self.positions = positions
         self.rot_dim, self.interleaved, self.window = rot_dim, interleaved, window
         self.inv_freq = np.ascontiguousarray(inv_freq, dtype=np.float32).reshape(-1)
         if self.inv_freq.shape[0] != rot_dim // 2:
@@ -28,14 +30,15 @@ cdef class KeyShifter:
 
     @property
     def can_shift_keys(self):
-        """Whether cached keys can be moved to other positions by rotation alone (rotary
-        families).  ALiBi joins by shifting nothing and keeping slots in logical order (its bias
-        is taken from slot distance); learned positions cannot shift: re-evaluate instead."""
-        return self.rot_dim > 0
+        """Whether cached keys can be moved to other positions: by rotation (rotary), or as they
+        are (ALiBi takes its bias from slot distance, so moving a key is shifting it).  Learned
+        positions are part of the cached keys themselves: re-evaluate instead."""
+        return self.positions != "learned"
 
     def ring_fits(self, int64_t ctx):
-        """A wrapped ring is attended as one unordered set, so a sliding window must cover it."""
-        return self.can_shift_keys and (self.window <= 0 or self.window >= ctx)
+        """A wrapped ring is attended as one unordered set, so a sliding window must cover it, and
+        ALiBi, which reads distances from slot order, needs its slots in order (shift_window)."""
+        return self.can_shift_keys and self.positions != "alibi" and (self.window <= 0 or self.window >= ctx)
 
     def ring_advance(self, KVCache cache, int64_t n_keep):
         """Make room for one token in a full cache by dropping the oldest token after the first
@@ -73,7 +76,7 @@ cdef class KeyShifter:
 
     cdef void _check_shift(self, KVCache cache, int64_t n_keep) except *:
         if not self.can_shift_keys:
-            raise ValueError("this model has no rotary positions: its cached keys cannot be shifted "
+            raise ValueError("this model's positions are learned: its cached keys cannot be shifted "
                              "(use re-evaluation, shift_roped_k=False)")
         if n_keep < 0 or n_keep >= cache.ctx - 1:
             raise ValueError(f"n_keep={n_keep} must leave room in a cache of {cache.ctx}")
@@ -104,7 +107,7 @@ cdef class KeyShifter:
         """dst[:, :, dst_first:+count] = src[:, :, src_first:+count] rotated by delta positions."""
         cdef int64_t half = self.rot_dim // 2, L = dst.shape[0], nkv = dst.shape[1], hd = dst.shape[3]
         cdef int64_t sctx = src.shape[2], dctx = dst.shape[2], l, h, j, i
-        if count <= 0:
+        if count <= 0 or half == 0:
             return
         cdef cnp.ndarray csn = np.empty(2 * half, np.float32)
         cdef float *cs = <float *> cnp.PyArray_DATA(csn)

@@ -18,7 +18,7 @@ class AutoModelForCausalLM:
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any,
                         quantization_config: WeightOnlyQuantConfig | None = None, load_in_4bit: bool = False,
                         load_in_8bit: bool = False, gguf_file: str | None = None, trust_remote_code: bool = False,
-                        use_cache: bool | None = None, memory_dtype: str = "f16", **kwargs: Any) -> Model:
+                        use_cache: bool | None = None, memory_dtype: str | None = None, **kwargs: Any) -> Model:
         if model_args:
             raise TypeError("positional model arguments are not supported; pass keywords")
         # keywords transformers users pass that make no difference on this CPU runtime

@@ -62,14 +62,14 @@ def current_tier() -> str:
     return _ops.current_tier()
 
 
-def load_model(path: Path, args: argparse.Namespace, memory_dtype: str = "f16"):
+def load_model(path: Path, args: argparse.Namespace, memory_dtype: str | None = None):
     """The model at path, quantized (HF checkpoints) or run as stored (GGUF, .llmrt) per the quant options."""
     from llmrt import Model
 
     return Model.from_pretrained(path, quant_config(args), compute_dtype=args.compute_dtype, memory_dtype=memory_dtype)
 
 
-def load_model_and_tokenizer(path: Path, args: argparse.Namespace, memory_dtype: str = "f16"):
+def load_model_and_tokenizer(path: Path, args: argparse.Namespace, memory_dtype: str | None = None):
     """load_model and load_tokenizer, with transformers imported on a background thread meanwhile.
 
     That import takes most of a second of pure Python; the model load beside it is mostly NumPy and

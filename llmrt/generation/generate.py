@@ -136,9 +136,9 @@ def _policy(model: Any, opts: GenerationOptions, longest: int, max_new: int, int
         ctx = int(model.config.max_position_embeddings)
     else:
         ctx = longest + max_new
-    if opts.shift_roped_k and not model.engine.can_shift_keys:
-        raise ValueError("shift_roped_k needs rotary positions, which this model does not use; "
-                         "use re-evaluation (n_keep / n_discard) instead")
+    if opts.shift_roped_k and not model.engine.shifts.can_shift_keys:
+        raise ValueError("shift_roped_k moves cached keys to new positions, which this model's learned "
+                         "positions do not allow; use re-evaluation (n_keep / n_discard) instead")
     return ContextPolicy(ctx_size=max(ctx, 2), streaming=opts.streaming,
                          n_keep=0 if opts.n_keep is None else opts.n_keep,
                          n_discard=-1 if opts.n_discard is None else opts.n_discard,

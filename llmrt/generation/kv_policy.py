@@ -4,7 +4,7 @@
 - Re-evaluation (n_keep, n_discard): keep the first n_keep tokens (attention sinks), drop n_discard
   (-1: half) of the others, recompute the kept rest from scratch in one batched pass.
 - shift_roped_k: a ring buffer.  Each new token takes the slot of the oldest non-kept token; the
-  kept tokens' keys are re-rotated by the shift (see Engine.ring_advance), nothing is recomputed.
+  kept tokens' keys are re-rotated by the shift (see KeyShifter.ring_advance), nothing is recomputed.
 
 A cache grows (doubling) up to ctx_size as its sequence does, so a large ctx_size costs nothing
 until it is used and memory stays flat once it is."""
@@ -97,12 +97,12 @@ class Sequence:
                              f"n_keep / n_discard / shift_roped_k=True to keep generating (StreamingLLM)")
         self.shifted = True
         if p.shift_roped_k:
-            if incoming == 1 and self.engine.ring_fits(self.cache.ctx):
-                self.engine.ring_advance(self.cache, keep)
+            if incoming == 1 and self.engine.shifts.ring_fits(self.cache.ctx):
+                self.engine.shifts.ring_advance(self.cache, keep)
                 del self.tokens[keep]
             else:
                 drop = min(n - keep, incoming)
-                self.engine.shift_window(self.cache, keep, drop)
+                self.engine.shifts.shift_window(self.cache, keep, drop)
                 del self.tokens[keep:keep + drop]
             return
         drop = p.n_discard if p.n_discard > 0 else (n - keep) // 2

@@ -2,7 +2,9 @@
 `general.architecture` names to families.
 
 Internal tensor names (what every family maps its checkpoint onto):
-    embed                       (vocab, hidden)
+    embed                       (vocab, E): E is hidden, or the width of project_in
+    pos_embed                   (positions, hidden) learned positions (row p + position_offset)
+    project_in.weight           (hidden, E) / project_out.weight (E, hidden): OPT-350m
     emb_norm.weight/.bias       optional LayerNorm right after the embedding
     layers.{i}.attn_norm.weight/.bias
     layers.{i}.q|k|v.weight/.bias   or   layers.{i}.qkv.weight/.bias  (rows [Q heads; K heads; V heads])
@@ -15,7 +17,8 @@ Internal tensor names (what every family maps its checkpoint onto):
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+import re
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -119,3 +122,80 @@ def gguf_shared_fields(meta: dict) -> dict:
                 bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
                 eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
                 pad_token_id=meta.get("tokenizer.ggml.padding_token_id"))
+
+
+def hf_shared_fields(hf: dict, tie_default: bool) -> dict:
+    """ModelConfig fields every family reads from an HF config the same way."""
+    return dict(tie_word_embeddings=bool(hf.get("tie_word_embeddings", tie_default)),
+                bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
+                pad_token_id=hf.get("pad_token_id"))
+
+
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                  "relu": "relu", "silu": "silu"}
+
+
+def hf_activation(family: str, name: str) -> str:
+    """The block spec's MLP kind of an HF activation name."""
+    if name not in HF_ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r} for {family}; llmrt runs {', '.join(sorted(HF_ACTIVATIONS))}")
+    return HF_ACTIVATIONS[name]
+
+
+def weight_and_bias(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """{checkpoint.weight: internal.weight, checkpoint.bias: internal.bias} for (checkpoint, internal) pairs."""
+    return {f"{a}.{kind}": f"{b}.{kind}" for a, b in pairs for kind in ("weight", "bias")}
+
+
+# llama.cpp's block tensors of the families with a fused QKV and a plain MLP (gptneox, mpt, bloom,
+# starcoder), and its model-level ones
+GGUF_FUSED_BLOCK_NAMES = weight_and_bias([("attn_norm", "attn_norm"), ("attn_qkv", "qkv"), ("attn_output", "attn_out"),
+                                          ("ffn_norm", "mlp_norm"), ("ffn_up", "mlp_in"), ("ffn_down", "mlp_out")])
+GGUF_MODEL_NAMES = {"token_embd.weight": "embed", **weight_and_bias([("output_norm", "final_norm"), ("output", "lm_head")])}
+
+
+LAYER_RE = re.compile(r"(?:h|blocks|layers|blk)\.(\d+)\.(.+)")
+
+
+def rename_tensors(family: str, cfg: ModelConfig, items: Iterable[tuple], layer_names: Mapping[str, str],
+                   global_names: Mapping[str, str], *, prefix: str = "", skip: tuple[str, ...] = (),
+                   convert: Callable[[str, np.ndarray], np.ndarray] | None = None) -> Iterator[tuple]:
+    """(name, array, ...) items of a checkpoint -> (internal name, array, ...).
+
+    prefix: stripped where present (checkpoints saved from the base model lack it); layer tensors
+    are "<h|blocks|layers|blk>.<i>.<rest>" with rest looked up in layer_names; skip: name endings of
+    buffers to drop; convert(internal, array): a constant transform (QKV row order, say).  A head
+    tied to the embedding is dropped; any other unknown tensor is an error."""
+    for item in items:
+        name, arr, rest = item[0], item[1], item[2:]
+        if name.endswith(skip):
+            continue
+        short = name[len(prefix):] if prefix and name.startswith(prefix) else name
+        m = LAYER_RE.fullmatch(short)
+        if m and m.group(2) in layer_names:
+            internal = f"layers.{m.group(1)}.{layer_names[m.group(2)]}"
+        elif short in global_names or name in global_names:
+            internal = global_names.get(short, global_names.get(name))
+            if internal == "lm_head.weight" and cfg.tie_word_embeddings:
+                continue
+        else:
+            raise ValueError(f"unexpected tensor {name!r} in a {family} checkpoint")
+        yield (internal, convert(internal, arr) if convert else arr, *rest)
+
+
+def heads_to_blocks(a: np.ndarray, n_head: int, head_dim: int) -> np.ndarray:
+    """QKV rows stored per head as [q_h, k_h, v_h] (NeoX, BLOOM, Falcon-RW, GPTBigCode MHA) -> the
+    engine's [all Q; all K; all V]."""
+    rest = a.shape[1:]
+    return np.ascontiguousarray(a.reshape(n_head, 3, head_dim, *rest).swapaxes(0, 1).reshape(a.shape))
+
+
+def groups_to_blocks(a: np.ndarray, n_head: int, n_kv: int, head_dim: int) -> np.ndarray:
+    """QKV rows stored per KV group as [q_g0 .. q_g(r-1), k_g, v_g] (Falcon's new decoder
+    architecture) -> [all Q; all K; all V]."""
+    rest = a.shape[1:]
+    g = a.reshape(n_kv, n_head // n_kv + 2, head_dim, *rest)
+    q = g[:, :-2].reshape(n_head * head_dim, *rest)
+    k = g[:, -2].reshape(n_kv * head_dim, *rest)
+    v = g[:, -1].reshape(n_kv * head_dim, *rest)
+    return np.ascontiguousarray(np.concatenate([q, k, v]))

@@ -112,7 +112,7 @@ def _identity(cfg: ModelConfig, internal: str, arr: np.ndarray) -> np.ndarray:
 
 
 _LAYOUTS = {
-    "llama": GGUFLayout("llama", _invert(llama._GGUF_LAYER_NAMES), _invert(llama._GGUF_GLOBAL),
+    "llama": GGUFLayout("llama", _invert(llama.GGUF_LAYER_NAMES), _invert(llama.GGUF_GLOBAL_NAMES),
                         _llama_metadata, _llama_transform, tied_head_needs_output=False),
     "gpt_neox": GGUFLayout("gptneox", _invert(gpt_neox._GGUF_LAYER_NAMES), _invert(gpt_neox._GGUF_GLOBAL),
                            _neox_metadata, _identity, tied_head_needs_output=True),

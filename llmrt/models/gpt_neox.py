@@ -2,15 +2,11 @@
 parallel residual (on or off), GELU MLP, fused per-head QKV."""
 from __future__ import annotations
 
-import re
-
-import numpy as np
-
 from llmrt.config import ModelConfig
-from llmrt.models.base import (Family, Tensors, gguf_shared_fields, hf_get, register, rope_scaling_of,
-                               rope_theta_of)
+from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, HF_ACTIVATIONS, Family, Tensors,
+                               gguf_shared_fields, heads_to_blocks, hf_activation, hf_get, register, rename_tensors,
+                               rope_scaling_of, rope_theta_of)
 
-_LAYER = re.compile(r"gpt_neox\.layers\.(\d+)\.(.+)")
 _LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
     "input_layernorm.bias": "attn_norm.bias",
@@ -25,30 +21,16 @@ _LAYER_NAMES = {
     "mlp.dense_4h_to_h.weight": "mlp_out.weight",
     "mlp.dense_4h_to_h.bias": "mlp_out.bias",
 }
-_GLOBAL = {"gpt_neox.embed_in.weight": "embed", "gpt_neox.final_layer_norm.weight": "final_norm.weight",
-           "gpt_neox.final_layer_norm.bias": "final_norm.bias", "embed_out.weight": "lm_head.weight",
+_GLOBAL = {"embed_in.weight": "embed", "final_layer_norm.weight": "final_norm.weight",
+           "final_layer_norm.bias": "final_norm.bias", "embed_out.weight": "lm_head.weight",
            "lm_head.weight": "lm_head.weight"}   # transformers 5 state_dict name
 # buffers some checkpoints carry; recomputed here
 _SKIP = ("attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq")
 
 # llama.cpp's GGUF names (its converter already writes QKV as [Q; K; V] blocks, the engine's order)
-_GGUF_LAYER = re.compile(r"blk\.(\d+)\.(.+)")
-_GGUF_LAYER_NAMES = {
-    "attn_norm.weight": "attn_norm.weight", "attn_norm.bias": "attn_norm.bias",
-    "attn_qkv.weight": "qkv.weight", "attn_qkv.bias": "qkv.bias",
-    "attn_output.weight": "attn_out.weight", "attn_output.bias": "attn_out.bias",
-    "ffn_norm.weight": "mlp_norm.weight", "ffn_norm.bias": "mlp_norm.bias",
-    "ffn_up.weight": "mlp_in.weight", "ffn_up.bias": "mlp_in.bias",
-    "ffn_down.weight": "mlp_out.weight", "ffn_down.bias": "mlp_out.bias",
-}
-_GGUF_GLOBAL = {"token_embd.weight": "embed", "output_norm.weight": "final_norm.weight",
-                "output_norm.bias": "final_norm.bias", "output.weight": "lm_head.weight",
-                "output.bias": "lm_head.bias"}
+_GGUF_LAYER_NAMES, _GGUF_GLOBAL = GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES
 # GGUF has no activation key; llmrt's converter records a non-default one here
 GGUF_ACT_KEY = "llmrt.hidden_act"
-
-_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-         "relu": "relu", "silu": "silu"}
 
 
 @register
@@ -64,9 +46,6 @@ class GPTNeoX(Family):
         head_dim = hidden // n_head
         params = hf.get("rope_parameters") or {}
         pct = float(hf_get(hf, "rotary_pct", "partial_rotary_factor", default=params.get("partial_rotary_factor", 1.0)))
-        act = hf.get("hidden_act", "gelu")
-        if act not in _ACTS:
-            raise ValueError(f"unsupported hidden_act {act!r} for gpt_neox")
         return ModelConfig(
             family=cls.name,
             vocab_size=hf["vocab_size"],
@@ -78,7 +57,7 @@ class GPTNeoX(Family):
             intermediate_size=hf["intermediate_size"],
             norm="layer",
             norm_eps=float(hf_get(hf, "layer_norm_eps", default=1e-5)),
-            mlp=_ACTS[act],
+            mlp=hf_activation(cls.name, hf.get("hidden_act", "gelu")),
             residual="parallel" if hf.get("use_parallel_residual", True) else "sequential",
             rotary_dim=int(head_dim * pct),
             rope_theta=rope_theta_of(hf, default=float(hf.get("rotary_emb_base", 10000.0))),
@@ -92,21 +71,10 @@ class GPTNeoX(Family):
 
     @classmethod
     def map_hf_tensors(cls, cfg: ModelConfig, tensors: Tensors) -> Tensors:
-        for name, arr in tensors:
-            if name.endswith(_SKIP):
-                continue
-            m = _LAYER.fullmatch(name)
-            if m and m.group(2) in _LAYER_NAMES:
-                internal = _LAYER_NAMES[m.group(2)]
-                if internal.startswith("qkv."):
-                    arr = _heads_to_blocks(arr, cfg.num_heads, cfg.head_dim)
-                yield f"layers.{m.group(1)}.{internal}", arr
-            elif name in _GLOBAL:
-                if _GLOBAL[name] == "lm_head.weight" and cfg.tie_word_embeddings:
-                    continue
-                yield _GLOBAL[name], arr
-            else:
-                raise ValueError(f"unexpected tensor {name!r} in a gpt_neox checkpoint")
+        def convert(internal: str, arr):
+            return heads_to_blocks(arr, cfg.num_heads, cfg.head_dim) if ".qkv." in internal else arr
+        yield from rename_tensors(cls.name, cfg, tensors, _LAYER_NAMES, _GLOBAL, prefix="gpt_neox.", skip=_SKIP,
+                                  convert=convert)
 
     @classmethod
     def config_from_gguf(cls, meta: dict) -> ModelConfig:
@@ -115,7 +83,7 @@ class GPTNeoX(Family):
         hidden = int(meta[f"{a}.embedding_length"])
         vocab = meta.get(f"{a}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
         act = meta.get(GGUF_ACT_KEY, "gelu")
-        if act not in _ACTS:
+        if act not in HF_ACTIVATIONS:
             raise ValueError(f"unsupported {GGUF_ACT_KEY} {act!r} in a gptneox GGUF file")
         return ModelConfig(
             family=cls.name,
@@ -128,7 +96,7 @@ class GPTNeoX(Family):
             intermediate_size=int(meta[f"{a}.feed_forward_length"]),
             norm="layer",
             norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)),
-            mlp=_ACTS[act],
+            mlp=HF_ACTIVATIONS[act],
             residual="parallel" if meta.get(f"{a}.use_parallel_residual", True) else "sequential",
             rotary_dim=int(meta.get(f"{a}.rope.dimension_count", hidden // n_head)),
             rope_theta=float(meta.get(f"{a}.rope.freq_base", 10000.0)),
@@ -138,17 +106,4 @@ class GPTNeoX(Family):
 
     @classmethod
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors):
-        for name, arr, fmt in tensors:
-            m = _GGUF_LAYER.fullmatch(name)
-            if m and m.group(2) in _GGUF_LAYER_NAMES:
-                yield f"layers.{m.group(1)}.{_GGUF_LAYER_NAMES[m.group(2)]}", arr, fmt
-            elif name in _GGUF_GLOBAL:
-                yield _GGUF_GLOBAL[name], arr, fmt
-            else:
-                raise ValueError(f"unexpected tensor {name!r} in a gptneox GGUF file")
-
-
-def _heads_to_blocks(a: np.ndarray, n_head: int, head_dim: int) -> np.ndarray:
-    """NeoX stores QKV rows per head as [q_h, k_h, v_h]; the engine wants [all Q; all K; all V]."""
-    rest = a.shape[1:]
-    return np.ascontiguousarray(a.reshape(n_head, 3, head_dim, *rest).swapaxes(0, 1).reshape(a.shape))
+        yield from rename_tensors("gptneox GGUF", cfg, tensors, _GGUF_LAYER_NAMES, _GGUF_GLOBAL)

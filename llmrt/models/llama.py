@@ -2,13 +2,10 @@
 GQA, SwiGLU MLP, optional sliding window, tied or untied embeddings."""
 from __future__ import annotations
 
-import re
-
 from llmrt.config import ModelConfig
-from llmrt.models.base import (Family, Tensors, gguf_shared_fields, hf_get, register, rope_scaling_of,
-                               rope_theta_of)
+from llmrt.models.base import (Family, Tensors, gguf_shared_fields, hf_get, register, rename_tensors,
+                               rope_scaling_of, rope_theta_of)
 
-_HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _HF_LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "q.weight",
@@ -23,11 +20,9 @@ _HF_LAYER_NAMES = {
     "mlp.up_proj.weight": "up.weight",
     "mlp.down_proj.weight": "mlp_out.weight",
 }
-_HF_GLOBAL = {"model.embed_tokens.weight": "embed", "model.norm.weight": "final_norm.weight",
-              "lm_head.weight": "lm_head.weight"}
+_HF_GLOBAL = {"embed_tokens.weight": "embed", "norm.weight": "final_norm.weight", "lm_head.weight": "lm_head.weight"}
 
-_GGUF_LAYER = re.compile(r"blk\.(\d+)\.(.+)")
-_GGUF_LAYER_NAMES = {
+GGUF_LAYER_NAMES = {
     "attn_norm.weight": "attn_norm.weight",
     "attn_q.weight": "q.weight",
     "attn_k.weight": "k.weight",
@@ -41,7 +36,7 @@ _GGUF_LAYER_NAMES = {
     "ffn_up.weight": "up.weight",
     "ffn_down.weight": "mlp_out.weight",
 }
-_GGUF_GLOBAL = {"token_embd.weight": "embed", "output_norm.weight": "final_norm.weight",
+GGUF_GLOBAL_NAMES = {"token_embd.weight": "embed", "output_norm.weight": "final_norm.weight",
                 "output.weight": "lm_head.weight"}
 
 
@@ -82,18 +77,9 @@ class Llama(Family):
 
     @classmethod
     def map_hf_tensors(cls, cfg: ModelConfig, tensors: Tensors) -> Tensors:
-        for name, arr in tensors:
-            if name.endswith("rotary_emb.inv_freq"):
-                continue                      # recomputed from the config
-            m = _HF_LAYER.fullmatch(name)
-            if m and m.group(2) in _HF_LAYER_NAMES:
-                yield f"layers.{m.group(1)}.{_HF_LAYER_NAMES[m.group(2)]}", arr
-            elif name in _HF_GLOBAL:
-                if name == "lm_head.weight" and cfg.tie_word_embeddings:
-                    continue
-                yield _HF_GLOBAL[name], arr
-            else:
-                raise ValueError(f"unexpected tensor {name!r} in a {cls.name} checkpoint")
+        # rotary_emb.inv_freq: recomputed from the config
+        yield from rename_tensors(cls.name, cfg, tensors, _HF_LAYER_NAMES, _HF_GLOBAL, prefix="model.",
+                                  skip=("rotary_emb.inv_freq",))
 
     @classmethod
     def config_from_gguf(cls, meta: dict) -> ModelConfig:
@@ -129,19 +115,18 @@ class Llama(Family):
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors):
         from llmrt.formats import unpermute_rotary_rows
 
-        for name, arr, fmt in tensors:
-            if name == "rope_freqs.weight":
-                raise NotImplementedError("GGUF files with rope_freqs (llama3 scaling) are not supported yet")
-            m = _GGUF_LAYER.fullmatch(name)
-            if m and m.group(2) in _GGUF_LAYER_NAMES:
-                internal = _GGUF_LAYER_NAMES[m.group(2)]
-                # llama.cpp's converter interleaves Q/K rows for its rotary layout; undo it
-                if internal in ("q.weight", "q.bias"):
-                    arr = unpermute_rotary_rows(arr, cfg.num_heads)
-                elif internal in ("k.weight", "k.bias"):
-                    arr = unpermute_rotary_rows(arr, cfg.num_kv_heads)
-                yield f"layers.{m.group(1)}.{internal}", arr, fmt
-            elif name in _GGUF_GLOBAL:
-                yield _GGUF_GLOBAL[name], arr, fmt
-            else:
-                raise ValueError(f"unexpected tensor {name!r} in a llama GGUF file")
+        def convert(internal: str, arr):
+            # llama.cpp's converter interleaves Q/K rows for its rotary layout; undo it
+            if internal.endswith((".q.weight", ".q.bias")):
+                return unpermute_rotary_rows(arr, cfg.num_heads)
+            if internal.endswith((".k.weight", ".k.bias")):
+                return unpermute_rotary_rows(arr, cfg.num_kv_heads)
+            return arr
+
+        def no_rope_freqs(items):
+            for item in items:
+                if item[0] == "rope_freqs.weight":
+                    raise NotImplementedError("GGUF files with rope_freqs (llama3 scaling) are not supported yet")
+                yield item
+        yield from rename_tensors("llama GGUF", cfg, no_rope_freqs(tensors), GGUF_LAYER_NAMES, GGUF_GLOBAL_NAMES,
+                                  convert=convert)

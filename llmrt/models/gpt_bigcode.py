@@ -1,0 +1,68 @@
+"""GPTBigCode (StarCoder, SantaCoder): learned positions, fused c_attn (MQA: [Q; K; V] with one KV
+head; MHA: per head [q_h, k_h, v_h]), LayerNorm, tanh GELU MLP, biases everywhere, head tied."""
+from __future__ import annotations
+
+from llmrt.config import ModelConfig
+from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, Family, gguf_shared_fields, heads_to_blocks,
+                               hf_activation, hf_get, hf_shared_fields, register, rename_tensors)
+
+_LAYER_NAMES = {
+    "ln_1.weight": "attn_norm.weight", "ln_1.bias": "attn_norm.bias",
+    "attn.c_attn.weight": "qkv.weight", "attn.c_attn.bias": "qkv.bias",
+    "attn.c_proj.weight": "attn_out.weight", "attn.c_proj.bias": "attn_out.bias",
+    "ln_2.weight": "mlp_norm.weight", "ln_2.bias": "mlp_norm.bias",
+    "mlp.c_fc.weight": "mlp_in.weight", "mlp.c_fc.bias": "mlp_in.bias",
+    "mlp.c_proj.weight": "mlp_out.weight", "mlp.c_proj.bias": "mlp_out.bias",
+}
+_GLOBAL_NAMES = {"wte.weight": "embed", "wpe.weight": "pos_embed", "ln_f.weight": "final_norm.weight",
+                 "ln_f.bias": "final_norm.bias", "lm_head.weight": "lm_head.weight"}
+
+_GGUF_MODEL_NAMES = {**GGUF_MODEL_NAMES, "position_embd.weight": "pos_embed"}
+
+
+@register
+class GPTBigCode(Family):
+    name = "gpt_bigcode"
+    hf_model_types = ("gpt_bigcode",)
+    gguf_architectures = ("starcoder",)
+
+    @classmethod
+    def config_from_hf(cls, hf: dict) -> ModelConfig:
+        hidden = hf_get(hf, "hidden_size", "n_embd")
+        n_head = hf_get(hf, "num_attention_heads", "n_head")
+        head_dim = hidden // n_head
+        return ModelConfig(
+            family=cls.name, vocab_size=hf["vocab_size"], hidden_size=hidden,
+            num_layers=hf_get(hf, "num_hidden_layers", "n_layer"), num_heads=n_head,
+            num_kv_heads=1 if hf.get("multi_query", True) else n_head, head_dim=head_dim,
+            intermediate_size=hf_get(hf, "n_inner", default=4 * hidden), norm="layer",
+            norm_eps=float(hf_get(hf, "layer_norm_epsilon", default=1e-5)),
+            mlp=hf_activation(cls.name, hf.get("activation_function", "gelu_pytorch_tanh")), positions="learned",
+            attn_scale=None if hf.get("scale_attn_weights", True) else 1.0,
+            max_position_embeddings=int(hf_get(hf, "max_position_embeddings", "n_positions", default=2048)),
+            **hf_shared_fields(hf, tie_default=True))
+
+    @classmethod
+    def map_hf_tensors(cls, cfg: ModelConfig, tensors):
+        def convert(internal: str, arr):
+            mha = cfg.num_kv_heads == cfg.num_heads and ".qkv." in internal
+            return heads_to_blocks(arr, cfg.num_heads, cfg.head_dim) if mha else arr
+        yield from rename_tensors(cls.name, cfg, tensors, _LAYER_NAMES, _GLOBAL_NAMES, prefix="transformer.",
+                                  skip=("attn.masked_bias",), convert=convert)
+
+    @classmethod
+    def config_from_gguf(cls, meta: dict) -> ModelConfig:
+        a = meta["general.architecture"]
+        hidden, n_head = int(meta[f"{a}.embedding_length"]), int(meta[f"{a}.attention.head_count"])
+        return ModelConfig(
+            family=cls.name, vocab_size=int(meta.get(f"{a}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))),
+            hidden_size=hidden, num_layers=int(meta[f"{a}.block_count"]), num_heads=n_head,
+            num_kv_heads=int(meta.get(f"{a}.attention.head_count_kv", 1)), head_dim=hidden // n_head,
+            intermediate_size=int(meta[f"{a}.feed_forward_length"]), norm="layer",
+            norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)), mlp="gelu_tanh",
+            positions="learned", max_position_embeddings=int(meta.get(f"{a}.context_length", 2048)),
+            **gguf_shared_fields(meta))
+
+    @classmethod
+    def map_gguf_tensors(cls, cfg: ModelConfig, tensors):
+        yield from rename_tensors("starcoder GGUF", cfg, tensors, GGUF_FUSED_BLOCK_NAMES, _GGUF_MODEL_NAMES)

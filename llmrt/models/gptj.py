@@ -1,0 +1,45 @@
+"""GPT-J: one LayerNorm feeding attention and MLP in parallel, rotary on the first rotary_dim
+features of each head in GPT-J pairs (2i, 2i+1), tanh GELU MLP with biases, head with a bias."""
+from __future__ import annotations
+
+from llmrt.config import ModelConfig
+from llmrt.models.base import Family, hf_activation, hf_get, hf_shared_fields, register, rename_tensors
+
+_LAYER_NAMES = {
+    "ln_1.weight": "attn_norm.weight", "ln_1.bias": "attn_norm.bias",
+    "attn.q_proj.weight": "q.weight", "attn.k_proj.weight": "k.weight", "attn.v_proj.weight": "v.weight",
+    "attn.out_proj.weight": "attn_out.weight",
+    "mlp.fc_in.weight": "mlp_in.weight", "mlp.fc_in.bias": "mlp_in.bias",
+    "mlp.fc_out.weight": "mlp_out.weight", "mlp.fc_out.bias": "mlp_out.bias",
+}
+_GLOBAL_NAMES = {"wte.weight": "embed", "ln_f.weight": "final_norm.weight", "ln_f.bias": "final_norm.bias",
+                 "lm_head.weight": "lm_head.weight", "lm_head.bias": "lm_head.bias"}
+# causal-mask buffers of old EleutherAI checkpoints
+_SKIP = ("attn.bias", "attn.masked_bias")
+
+
+@register
+class GPTJ(Family):
+    name = "gptj"
+    hf_model_types = ("gptj",)
+
+    @classmethod
+    def config_from_hf(cls, hf: dict) -> ModelConfig:
+        n_head = hf_get(hf, "num_attention_heads", "n_head")
+        hidden = hf_get(hf, "hidden_size", "n_embd")
+        head_dim = hidden // n_head
+        return ModelConfig(
+            family=cls.name, vocab_size=hf["vocab_size"], hidden_size=hidden,
+            num_layers=hf_get(hf, "num_hidden_layers", "n_layer"), num_heads=n_head, num_kv_heads=n_head,
+            head_dim=head_dim, intermediate_size=hf_get(hf, "n_inner", default=4 * hidden), norm="layer",
+            norm_eps=float(hf_get(hf, "layer_norm_epsilon", default=1e-5)),
+            mlp=hf_activation(cls.name, hf.get("activation_function", "gelu_new")), residual="parallel_shared_norm",
+            rotary_dim=int(hf_get(hf, "rotary_dim", default=head_dim)), rotary_interleaved=True,
+            rope_theta=10000.0,     # fixed in GPT-J
+            max_position_embeddings=int(hf_get(hf, "max_position_embeddings", "n_positions", default=2048)),
+            **hf_shared_fields(hf, tie_default=False))
+
+    @classmethod
+    def map_hf_tensors(cls, cfg: ModelConfig, tensors):
+        yield from rename_tensors(cls.name, cfg, tensors, _LAYER_NAMES, _GLOBAL_NAMES, prefix="transformer.",
+                                  skip=_SKIP)
