@@ -138,7 +138,8 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_ta
 def hf_activation(family: str, name: str) -> str:
     """The block spec's MLP kind of an HF activation name."""
     if name not in HF_ACTIVATIONS:
-        raise ValueError(f"unsupported activation {name!r} for {family}; llmrt runs {', '.join(sorted(HF_ACTIVATIONS))}")
+        raise ValueError(f"unsupported activation {name!r} for {family}; "
+                         f"llmrt runs {', '.join(sorted(HF_ACTIVATIONS))}")
     return HF_ACTIVATIONS[name]
 
 
@@ -151,7 +152,8 @@ def weight_and_bias(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
 # starcoder), and its model-level ones
 GGUF_FUSED_BLOCK_NAMES = weight_and_bias([("attn_norm", "attn_norm"), ("attn_qkv", "qkv"), ("attn_output", "attn_out"),
                                           ("ffn_norm", "mlp_norm"), ("ffn_up", "mlp_in"), ("ffn_down", "mlp_out")])
-GGUF_MODEL_NAMES = {"token_embd.weight": "embed", **weight_and_bias([("output_norm", "final_norm"), ("output", "lm_head")])}
+GGUF_MODEL_NAMES = {"token_embd.weight": "embed",
+                    **weight_and_bias([("output_norm", "final_norm"), ("output", "lm_head")])}
 
 
 LAYER_RE = re.compile(r"(?:h|blocks|layers|blk)\.(\d+)\.(.+)")

@@ -39,7 +39,8 @@ class Bloom(Family):
             num_layers=hf_get(hf, "num_hidden_layers", "n_layer"), num_heads=n_head, num_kv_heads=n_head,
             head_dim=hidden // n_head, intermediate_size=4 * hidden, norm="layer",
             norm_eps=float(hf_get(hf, "layer_norm_epsilon", default=1e-5)), mlp="gelu_tanh", positions="alibi",
-            alibi="bloom", max_position_embeddings=int(hf_get(hf, "seq_length", "max_position_embeddings", default=2048)),
+            alibi="bloom",
+            max_position_embeddings=int(hf_get(hf, "seq_length", "max_position_embeddings", default=2048)),
             **hf_shared_fields(hf, tie_default=True))
 
     @classmethod

@@ -36,7 +36,8 @@ def _layout(hf: dict) -> tuple[int, str, str]:
     n_head = hf_get(hf, "num_attention_heads", "n_head")
     if hf.get("new_decoder_architecture"):
         if not hf.get("parallel_attn", True):
-            raise ValueError("Falcon's new decoder architecture with parallel_attn=False does not exist in transformers")
+            raise ValueError("Falcon's new decoder architecture with parallel_attn=False does not exist "
+                             "in transformers")
         n_ln = hf.get("num_ln_in_parallel_attn") or 2
         return (hf_get(hf, "num_kv_heads", "n_head_kv", default=n_head), "groups",
                 "parallel" if n_ln == 2 else "parallel_shared_norm")

@@ -22,7 +22,8 @@ _GLOBAL_NAMES = {"wte.weight": "embed", "norm_f.weight": "final_norm.weight", "n
 
 def _check_supported(attn: dict) -> None:
     if not attn.get("alibi", True):
-        raise ValueError("MPT without ALiBi (learned positions) is not supported: transformers has no such model either")
+        raise ValueError("MPT without ALiBi (learned positions) is not supported: "
+                         "transformers has no such model either")
     for flag in ("qk_ln", "prefix_lm", "attn_uses_sequence_id"):
         if attn.get(flag):
             raise ValueError(f"MPT with attn_config.{flag} is not supported")

@@ -17,9 +17,9 @@ _LAYER_NAMES = {
 _GLOBAL_NAMES = {"embed_tokens.weight": "embed", "norm.weight": "final_norm.weight", "norm.bias": "final_norm.bias",
                  "lm_head.weight": "lm_head.weight"}
 
-_GGUF_LAYER_NAMES = weight_and_bias([("attn_norm", "attn_norm"), ("ffn_norm", "mlp_norm"), ("attn_q", "q"), ("attn_k", "k"),
-                                     ("attn_v", "v"), ("attn_output", "attn_out"), ("ffn_up", "mlp_in"),
-                                     ("ffn_down", "mlp_out")])
+_GGUF_LAYER_NAMES = weight_and_bias([("attn_norm", "attn_norm"), ("ffn_norm", "mlp_norm"), ("attn_q", "q"),
+                                     ("attn_k", "k"), ("attn_v", "v"), ("attn_output", "attn_out"),
+                                     ("ffn_up", "mlp_in"), ("ffn_down", "mlp_out")])
 
 
 @register
