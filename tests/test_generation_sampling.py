@@ -8,6 +8,7 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper,
                           TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
 
+from conftest import FAMILY_REPRESENTATIVES
 from llmrt import AutoModelForCausalLM, WeightOnlyQuantConfig
 
 FP32 = WeightOnlyQuantConfig(weight_dtype="fp32", compute_dtype="fp32")
@@ -89,3 +90,19 @@ def test_draws_follow_the_processed_softmax(model_and_vocab, case):
     # the test has power: the unprocessed softmax is rejected by the same draws
     raw = torch.softmax(torch.from_numpy(row.astype(np.float64)), dim=-1).numpy()
     assert counts[raw == 0].sum() > 0 or _chi2_pvalue(counts, raw) < 1e-6
+
+
+@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
+def test_sampling_runs_on_every_family(tiny_models, name):
+    """Sampling on each family: a seed repeats its draw, top_k=1 is greedy, and at temperature 1.5 the
+    draws leave the greedy path (so they really sample)."""
+    path, ref = tiny_models(name)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=FP32)
+    ids = np.random.default_rng(5).integers(3, ref.config.vocab_size, size=(1, 6))
+    kw = dict(max_new_tokens=12, eos_token_id=None, do_sample=True)
+    greedy = model.generate(ids, max_new_tokens=12, eos_token_id=None)
+    np.testing.assert_array_equal(model.generate(ids, top_k=1, seed=3, **kw), greedy)
+    hot = dict(kw, temperature=1.5, top_k=0)
+    draws = model.generate(ids, seed=3, num_return_sequences=4, **hot)
+    np.testing.assert_array_equal(draws, model.generate(ids, seed=3, num_return_sequences=4, **hot))
+    assert any(not np.array_equal(row, greedy[0]) for row in draws)

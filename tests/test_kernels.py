@@ -385,6 +385,39 @@ def test_silu_mul(use_tier, tier, rows, ff):
     np.testing.assert_allclose(_ops.silu_mul(gu), ref, rtol=2e-6, atol=1e-30)
 
 
+def _activation_ref(x: np.ndarray, kind: str) -> np.ndarray:
+    """float64, written without cancellation in the negative tail: 1 + erf(z) = erfc(-z) and
+    0.5 (1 + tanh u) = 1 / (1 + e^(-2u))."""
+    from math import erfc
+    x = x.astype(np.float64)
+    if kind == "silu":
+        return x / (1 + np.exp(-x))
+    if kind == "gelu":
+        return 0.5 * x * np.vectorize(erfc)(-x / np.sqrt(2))
+    if kind == "gelu_tanh":
+        with np.errstate(over="ignore"):          # e^big = inf gives the right limit, 0
+            return x / (1 + np.exp(-2 * np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    return np.maximum(x, 0)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("kind", ["silu", "gelu", "gelu_tanh", "relu"])
+@pytest.mark.parametrize("n", [1, 13, 70000])          # a tail shorter than a vector; the threaded size
+def test_activation(use_tier, tier, kind, n):
+    use_tier(tier)
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 3).astype(F32)
+    x[:min(n, 6)] = [-100.0, 100.0, 0.0, -1e-3, -6.0, 7.5][:min(n, 6)]   # tails and the origin
+    got, want = _ops.activate(x, kind), _activation_ref(x, kind)
+    assert got.dtype == F32 and got.shape == x.shape
+    # relative to the value, with an absolute floor of 1e-12 (deep-tail values, ~1e-16, come out as
+    # 0 or a few ulps off); exact GELU may add the erf approximation's 1.5e-7 (times |x| / 2)
+    tol = 3e-6 * np.abs(want) + 1e-12 + (2e-7 * np.abs(x) if kind == "gelu" else 0)
+    assert np.all(np.abs(got - want) <= tol), float(np.max(np.abs(got - want) - tol))
+    with pytest.raises(ValueError, match="unknown activation"):
+        _ops.activate(x, "swish")
+
+
 # ------------------------------------------------------------------ argument checking
 def _small_q4():
     return np.zeros((3, 48), np.uint8), np.ones((3, 3), F32)   # n = 3, k = 96, group 32

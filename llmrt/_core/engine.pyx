@@ -15,6 +15,7 @@ from libc.string cimport memcpy
 
 from llmrt._kernels._ops cimport ActScratch, Linear, active_kernels
 from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, LR_QK
+from llmrt._kernels._ops import ACTIVATION_KINDS
 from llmrt._core.kvcache cimport (KVCache, segment_table, SEG_POS, SEG_LAST, SEG_WINDOWED, SEG_CTX, SEG_BEGIN,
                                    SEG_COLUMNS)
 from llmrt._core.embedding cimport Embedder
@@ -23,7 +24,7 @@ from llmrt._core.layer import float_vector
 from llmrt._core.rows cimport RowSpec, NORM_RMS, NORM_LAYER, norm_row, norm_rows, add_norm_rows, rope_store_rows
 from llmrt._core.streaming import KeyShifter
 from llmrt.blockspec import BlockSpec
-from llmrt._core.ops cimport activate, clamp, ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_RELU
+from llmrt._core.ops cimport clamp
 
 cnp.import_array()
 
@@ -33,7 +34,6 @@ cdef enum ResidualKind:
     RES_PARALLEL
     RES_PARALLEL_SHARED_NORM
 NORMS = {"rms": NORM_RMS, "layer": NORM_LAYER}
-ACTIVATIONS = {"silu": ACT_SILU, "gelu": ACT_GELU, "gelu_tanh": ACT_GELU_TANH, "relu": ACT_RELU}
 RESIDUALS = {"sequential": RES_SEQUENTIAL, "parallel": RES_PARALLEL, "parallel_shared_norm": RES_PARALLEL_SHARED_NORM}
 # rows of the output head per two-pass weight pass (decode and beams need few; prefill asks for one)
 HEAD_TWO_PASS_ROWS = 32
@@ -77,7 +77,7 @@ cdef class Engine:
         self.rs.rot_dim, self.rs.interleaved = spec.rotary_dim, spec.rotary_interleaved
         self.rs.norm, self.rs.eps = NORMS[spec.norm], spec.norm_eps
         self.gated, self.post_norm = spec.gated, spec.norm_placement == "post"
-        self.act_kind = -1 if spec.gated else ACTIVATIONS[spec.mlp]
+        self.act_kind = -1 if spec.gated else ACTIVATION_KINDS[spec.mlp]
         self.residual = RESIDUALS[spec.residual]
         self.rot_dim = spec.rotary_dim
         self.inv_freq = spec.inv_freq
@@ -353,7 +353,7 @@ cdef class Engine:
             active_kernels().silu_mul(mi, mi_n, rows, ff, act, ff)
             lay.mlp_out.apply(act, ff, rows, out, self.hidden, aq, ad, asum)
         else:
-            activate(mi, rows * mi_n, self.act_kind)
+            active_kernels().activate(mi, rows * mi_n, self.act_kind)
             lay.mlp_out.apply(mi, mi_n, rows, out, self.hidden, aq, ad, asum)
 
     cdef float *_head_input(self, int64_t first, int64_t count) except NULL:

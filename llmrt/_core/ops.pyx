@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Decoder-block element-wise operations.  Callers validate sizes; these only loop."""
-from libc.math cimport sqrtf, expf, erff, tanhf
+from libc.math cimport sqrtf
 from libc.stdint cimport int64_t
 
 
@@ -51,21 +51,6 @@ cdef void rotary(float *x, int64_t n_heads, int64_t head_dim, int64_t rot_dim, i
                 b = xh[i + half]
                 xh[i] = a * c - b * s
                 xh[i + half] = b * c + a * s
-
-
-cdef void activate(float *x, int64_t n, int kind) noexcept nogil:
-    cdef int64_t i
-    cdef float v
-    for i in range(n):
-        v = x[i]
-        if kind == ACT_SILU:
-            x[i] = v / (1.0 + expf(-v))
-        elif kind == ACT_GELU:
-            x[i] = 0.5 * v * (1.0 + erff(v * 0.7071067811865476))
-        elif kind == ACT_GELU_TANH:
-            x[i] = 0.5 * v * (1.0 + tanhf(0.7978845608028654 * (v + 0.044715 * v * v * v)))
-        else:
-            x[i] = v if v > 0 else 0.0
 
 
 cdef void clamp(float *x, int64_t n, float c) noexcept nogil:

@@ -11,7 +11,7 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
 from cython.parallel cimport prange
 
 from llmrt._kernels.kernels cimport (
-    LR_QK, LR_N_TIERS, lr_kernels, lr_qmat, lr_qact, lr_attn_args,
+    LR_QK, LR_N_TIERS, LR_ACT_SILU, LR_ACT_GELU, LR_ACT_GELU_TANH, LR_ACT_RELU, lr_kernels, lr_qmat, lr_qact, lr_attn_args,
     lr_tier_name, lr_tier_compiled, lr_tier_supported, lr_best_tier, lr_tier_kernels,
     lr_set_threads, lr_get_threads, lr_openmp_enabled, lr_f16_to_f32,
     lr_bf16_hw_available, lr_bf16_hw_enabled, lr_set_bf16_hw,
@@ -472,6 +472,21 @@ def silu_mul(gate_up):
     cdef cnp.ndarray out = np.empty((rows, ff), np.float32)
     with nogil:
         _active.silu_mul(<const float *> cnp.PyArray_DATA(gu), 2 * ff, rows, ff, <float *> cnp.PyArray_DATA(out), ff)
+    return out
+
+
+ACTIVATION_KINDS = {"silu": LR_ACT_SILU, "gelu": LR_ACT_GELU, "gelu_tanh": LR_ACT_GELU_TANH, "relu": LR_ACT_RELU}
+
+
+def activate(x, str kind):
+    """A plain MLP activation (silu | gelu | gelu_tanh | relu) of x with the active tier; returns a new
+    float32 array of x's shape."""
+    if kind not in ACTIVATION_KINDS:
+        raise ValueError(f"unknown activation {kind!r}; choose one of {', '.join(ACTIVATION_KINDS)}")
+    cdef cnp.ndarray out = np.array(x, dtype=np.float32, order="C", copy=True)
+    cdef int code = ACTIVATION_KINDS[kind]
+    with nogil:
+        _active.activate(<float *> cnp.PyArray_DATA(out), out.size, code)
     return out
 
 

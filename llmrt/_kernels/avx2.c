@@ -14,4 +14,5 @@ const lr_kernels lr_kernels_avx2 = {
     ft_gemm_f16,
     x86_attention,
     x86_silu_mul,
+    x86_activate,
 };

@@ -13,4 +13,5 @@ const lr_kernels lr_kernels_avx_vnni = {
     ft_gemm_f16,
     x86_attention,
     x86_silu_mul,
+    x86_activate,
 };

@@ -283,4 +283,20 @@ LR_GENERIC void generic_silu_mul(const float *gu, int64_t ld, int64_t rows, int6
         }
 }
 
+/* ---- plain MLP activations ---- */
+LR_GENERIC void generic_activate(float *x, int64_t n, int kind) {
+    LR_OMP(parallel for schedule(static) if (n >= (1 << 16)))
+    for (int64_t i = 0; i < n; i++) {
+        const float v = x[i];
+        switch (kind) {
+        case LR_ACT_SILU: x[i] = v / (1.0f + expf(-v)); break;
+        /* 1 + erf(z) = erfc(-z) and 0.5 (1 + tanh u) = 1 / (1 + e^(-2u)): no cancellation below 0 */
+        case LR_ACT_GELU: x[i] = 0.5f * v * erfcf(-v * 0.70710678118654752f); break;
+        case LR_ACT_GELU_TANH:
+            x[i] = v / (1.0f + expf(-2.0f * 0.79788456080286536f * (v + 0.044715f * v * v * v))); break;
+        default: x[i] = v > 0.0f ? v : 0.0f; break;
+        }
+    }
+}
+
 #endif

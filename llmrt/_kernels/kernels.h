@@ -145,7 +145,14 @@ typedef struct lr_kernels {
     /* Gated SiLU MLP activation: out[r*ldo + i] = silu(g) * u with g = gu[r*ld + i] and
      * u = gu[r*ld + ff + i] (rows of [gate; up]), silu(g) = g / (1 + e^-g). */
     void (*silu_mul)(const float *gu, int64_t ld, int64_t rows, int64_t ff, float *out, int64_t ldo);
+
+    /* The plain MLP activation in place on n floats: LR_ACT_SILU x / (1 + e^-x), LR_ACT_GELU exact
+     * 0.5 x (1 + erf(x / sqrt 2)), LR_ACT_GELU_TANH 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
+     * LR_ACT_RELU max(x, 0). */
+    void (*activate)(float *x, int64_t n, int kind);
 } lr_kernels;
+
+enum { LR_ACT_SILU = 0, LR_ACT_GELU = 1, LR_ACT_GELU_TANH = 2, LR_ACT_RELU = 3 };
 
 /* ---- dispatch (dispatch.c) ---- */
 enum {

@@ -61,6 +61,9 @@ cdef extern from "kernels.h" nogil:
         void (*gemm_f16)(const uint16_t *w, int64_t n, int64_t k, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy) noexcept nogil
         void (*attention)(const lr_attn_args *args) noexcept nogil
         void (*silu_mul)(const float *gu, int64_t ld, int64_t rows, int64_t ff, float *out, int64_t ldo) noexcept nogil
+        void (*activate)(float *x, int64_t n, int kind) noexcept nogil
+
+    enum: LR_ACT_SILU, LR_ACT_GELU, LR_ACT_GELU_TANH, LR_ACT_RELU
 
     const char *lr_tier_name(int tier)
     int lr_tier_compiled(int tier)

@@ -12,4 +12,5 @@ const lr_kernels lr_kernels_ref = {
     generic_gemm_f16,
     generic_attention,
     generic_silu_mul,
+    generic_activate,
 };

@@ -38,4 +38,47 @@ static void x86_silu_mul(const float *gu, int64_t ld, int64_t rows, int64_t ff, 
         }
 }
 
+/* 1 + erf(z) for z = x / sqrt 2, from Abramowitz & Stegun 7.1.26 (|error of erf| < 1.5e-7): with
+ * q = erfc(|z|) = poly(t) e^(-z^2), it is 2 - q for x >= 0 and q below (accurate in the tail). */
+LR_INLINE __m256 vm_one_plus_erf256(__m256 x) {
+    const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
+    const __m256 az = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), z);
+    const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), az, _mm256_set1_ps(1.0f)));
+    __m256 p = _mm256_set1_ps(1.061405429f);
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+    const __m256 q = _mm256_mul_ps(_mm256_mul_ps(p, t), vm_exp256(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), az), az)));
+    return _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(2.0f), q), q, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
+
+LR_INLINE __m256 vm_activate256(__m256 v, int kind) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    switch (kind) {
+    case LR_ACT_SILU:
+        return _mm256_div_ps(v, _mm256_add_ps(one, vm_exp256(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+    case LR_ACT_GELU:
+        return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), vm_one_plus_erf256(v));
+    case LR_ACT_GELU_TANH: {
+        /* 0.5 (1 + tanh u) = 1 / (1 + e^(-2u)) */
+        const __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+        const __m256 u2 = _mm256_mul_ps(_mm256_set1_ps(-2.0f * 0.79788456080286536f),
+                                        _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), v3, v));
+        return _mm256_div_ps(v, _mm256_add_ps(one, vm_exp256(u2)));
+    }
+    default:
+        return _mm256_max_ps(v, _mm256_setzero_ps());
+    }
+}
+
+static void x86_activate(float *x, int64_t n, int kind) {
+    LR_OMP(parallel for schedule(static) if (n >= LR_PAR_MIN_WORK))
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)lr_min64(8, n - i)),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        _mm256_maskstore_ps(x + i, m, vm_activate256(_mm256_maskload_ps(x + i, m), kind));
+    }
+}
+
 #endif
