@@ -125,8 +125,13 @@ class BlockSpec:
             if self.residual != "parallel_shared_norm":
                 norms.append(("mlp_norm", lay.mlp_norm_w))
             for name, w in norms:
-                if w is None or w.shape[0] != hidden:
-                    raise ValueError(f"layer {i} {name} weight must have {hidden} values")
+                if w is None:
+                    raise ValueError(f"the checkpoint has no layers.{i}.{name}.weight; it may be truncated or "
+                                     f"of another architecture")
+            for name, v in (("attn_norm.weight", lay.attn_norm_w), ("attn_norm.bias", lay.attn_norm_b),
+                            ("mlp_norm.weight", lay.mlp_norm_w), ("mlp_norm.bias", lay.mlp_norm_b)):
+                if v is not None and v.shape[0] != hidden:
+                    raise ValueError(f"layers.{i}.{name} has {v.shape[0]} values, expected {hidden}")
 
 
 def alibi_slopes(n_heads: int, bias_max: float = 8.0, *, interleave_extra: bool = False) -> np.ndarray:

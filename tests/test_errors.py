@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -144,3 +145,24 @@ def test_unknown_isa_tier_is_a_clear_error():
     env = dict(os.environ, LLMRT_ISA="avx9000")
     r = subprocess.run([sys.executable, "-c", "import llmrt"], env=env, capture_output=True, text=True, cwd="/")
     assert r.returncode != 0 and "unknown ISA tier 'avx9000'" in r.stderr
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t.pop("model.norm.weight"), "no final norm weight"),
+    (lambda t: t.pop("model.layers.1.post_attention_layernorm.weight"), "no layers.1.mlp_norm.weight"),
+    (lambda t: t.update({"model.layers.0.input_layernorm.weight": t["model.layers.0.input_layernorm.weight"][:-3]}),
+     "layers.0.attn_norm.weight has 61 values, expected 64"),
+    (lambda t: t.update({"model.norm.weight": np.ones(70, np.float32)}), "final_norm.weight has 70 values"),
+])
+def test_missing_or_misshapen_norms_are_clear_errors(tiny_models, tmp_path, edit, match):
+    """A norm vector the engine reads, absent or of the wrong length, is refused at load (it used to be
+    dereferenced or read out of bounds)."""
+    from safetensors.numpy import load_file, save_file
+    path, _ = tiny_models("llama-mha-untied")
+    bad = tmp_path / "bad"
+    shutil.copytree(path, bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=re.escape(match)):
+        AutoModelForCausalLM.from_pretrained(bad, quantization_config=WeightOnlyQuantConfig(weight_dtype="fp32"))

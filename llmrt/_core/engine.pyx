@@ -118,8 +118,13 @@ cdef class Engine:
         if self.embedder.hidden != self.hidden or self.embedder.vocab != self.vocab:
             raise ValueError(f"the embedding is for {self.embedder.vocab} tokens of width {self.embedder.hidden}, "
                              f"expected {self.vocab} of {self.hidden}")
-        if self.spec.final_norm != (self.final_norm_w is not None):
-            raise ValueError("the final norm weight must be given exactly when the spec has a final norm")
+        if self.spec.final_norm and self.final_norm_w is None:
+            raise ValueError("the checkpoint has no final norm weight (final_norm.weight); it may be truncated")
+        if not self.spec.final_norm and self.final_norm_w is not None:
+            raise ValueError("a final norm weight was given to a model without a final norm")
+        for name, v in (("final_norm.weight", self.final_norm_w), ("final_norm.bias", self.final_norm_b)):
+            if v is not None and v.shape[0] != self.hidden:
+                raise ValueError(f"{name} has {v.shape[0]} values, expected {self.hidden}")
         if (self.spec.positions == "learned") != (self.embedder.positions is not None):
             raise ValueError("a position table must be given exactly when the spec has learned positions")
 
