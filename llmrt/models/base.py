@@ -124,6 +124,20 @@ def gguf_shared_fields(meta: dict) -> dict:
                 pad_token_id=meta.get("tokenizer.ggml.padding_token_id"))
 
 
+def gguf_shape_fields(meta: dict, *, kv_default: int | None = None, head_dim: int | None = None,
+                      context_default: int = 2048) -> dict:
+    """The ModelConfig fields every family reads from llama.cpp's <arch>.* keys the same way: sizes,
+    heads (KV heads default to kv_default, else one per head), context, and gguf_shared_fields."""
+    a = meta["general.architecture"]
+    hidden, n_head = int(meta[f"{a}.embedding_length"]), int(meta[f"{a}.attention.head_count"])
+    return dict(vocab_size=int(meta.get(f"{a}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))),
+                hidden_size=hidden, num_layers=int(meta[f"{a}.block_count"]), num_heads=n_head,
+                num_kv_heads=int(meta.get(f"{a}.attention.head_count_kv", n_head if kv_default is None else kv_default)),
+                head_dim=head_dim or hidden // n_head, intermediate_size=int(meta[f"{a}.feed_forward_length"]),
+                max_position_embeddings=int(meta.get(f"{a}.context_length", context_default)),
+                **gguf_shared_fields(meta))
+
+
 def hf_shared_fields(hf: dict, tie_default: bool) -> dict:
     """ModelConfig fields every family reads from an HF config the same way."""
     return dict(tie_word_embeddings=bool(hf.get("tie_word_embeddings", tie_default)),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmrt.config import ModelConfig
-from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, Family, gguf_shared_fields, heads_to_blocks,
+from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, Family, gguf_shape_fields, heads_to_blocks,
                                hf_get, hf_shared_fields, register, rename_tensors, weight_and_bias)
 
 _LAYER_NAMES = {
@@ -53,14 +53,9 @@ class Bloom(Family):
     @classmethod
     def config_from_gguf(cls, meta: dict) -> ModelConfig:
         a = meta["general.architecture"]
-        hidden, n_head = int(meta[f"{a}.embedding_length"]), int(meta[f"{a}.attention.head_count"])
         return ModelConfig(
-            family=cls.name, vocab_size=int(meta.get(f"{a}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))),
-            hidden_size=hidden, num_layers=int(meta[f"{a}.block_count"]), num_heads=n_head, num_kv_heads=n_head,
-            head_dim=hidden // n_head, intermediate_size=int(meta[f"{a}.feed_forward_length"]), norm="layer",
-            norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)), mlp="gelu_tanh",
-            positions="alibi", alibi="bloom", max_position_embeddings=int(meta.get(f"{a}.context_length", 2048)),
-            **gguf_shared_fields(meta))
+            family=cls.name, norm="layer", norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)),
+            mlp="gelu_tanh", positions="alibi", alibi="bloom", **gguf_shape_fields(meta))
 
     @classmethod
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors):

@@ -9,7 +9,7 @@ Layouts (transformers' FalconModel):
 from __future__ import annotations
 
 from llmrt.config import ModelConfig
-from llmrt.models.base import (GGUF_MODEL_NAMES, Family, gguf_shared_fields, groups_to_blocks, heads_to_blocks,
+from llmrt.models.base import (GGUF_MODEL_NAMES, Family, gguf_shape_fields, groups_to_blocks, heads_to_blocks,
                                hf_activation, hf_get, hf_shared_fields, register, rename_tensors, rope_scaling_of,
                                rope_theta_of, weight_and_bias)
 
@@ -88,17 +88,12 @@ class Falcon(Family):
     @classmethod
     def config_from_gguf(cls, meta: dict) -> ModelConfig:
         a = meta["general.architecture"]
-        hidden, n_head = int(meta[f"{a}.embedding_length"]), int(meta[f"{a}.attention.head_count"])
         two_norms = any(n.endswith(".attn_norm_2.weight") for n in meta.get("__tensor_names__", ()))
+        shape = gguf_shape_fields(meta, kv_default=1)
         return ModelConfig(
-            family=cls.name, vocab_size=int(meta.get(f"{a}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))),
-            hidden_size=hidden, num_layers=int(meta[f"{a}.block_count"]), num_heads=n_head,
-            num_kv_heads=int(meta.get(f"{a}.attention.head_count_kv", 1)), head_dim=hidden // n_head,
-            intermediate_size=int(meta[f"{a}.feed_forward_length"]), norm="layer",
-            norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)), mlp="gelu",
-            residual="parallel" if two_norms else "parallel_shared_norm", rotary_dim=hidden // n_head,
-            rope_theta=float(meta.get(f"{a}.rope.freq_base", 10000.0)),
-            max_position_embeddings=int(meta.get(f"{a}.context_length", 2048)), **gguf_shared_fields(meta))
+            family=cls.name, norm="layer", norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)),
+            mlp="gelu", residual="parallel" if two_norms else "parallel_shared_norm", rotary_dim=shape["head_dim"],
+            rope_theta=float(meta.get(f"{a}.rope.freq_base", 10000.0)), **shape)
 
     @classmethod
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors):

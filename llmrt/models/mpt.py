@@ -6,7 +6,7 @@ config's value, and so does llmrt."""
 from __future__ import annotations
 
 from llmrt.config import ModelConfig
-from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, Family, gguf_shared_fields, hf_get,
+from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, Family, gguf_shape_fields, hf_get,
                                hf_shared_fields, register, rename_tensors)
 
 _LAYER_NAMES = {
@@ -59,18 +59,13 @@ class MPT(Family):
     @classmethod
     def config_from_gguf(cls, meta: dict) -> ModelConfig:
         a = meta["general.architecture"]
-        hidden, n_head = int(meta[f"{a}.embedding_length"]), int(meta[f"{a}.attention.head_count"])
         bias_max = float(meta.get(f"{a}.attention.max_alibi_bias", 8.0))
         if bias_max <= 0:
             raise ValueError("MPT GGUF files without ALiBi (max_alibi_bias 0) are not supported")
         return ModelConfig(
-            family=cls.name, vocab_size=int(meta.get(f"{a}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))),
-            hidden_size=hidden, num_layers=int(meta[f"{a}.block_count"]), num_heads=n_head,
-            num_kv_heads=int(meta.get(f"{a}.attention.head_count_kv", n_head)), head_dim=hidden // n_head,
-            intermediate_size=int(meta[f"{a}.feed_forward_length"]), norm="layer",
-            norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)), mlp="gelu", positions="alibi",
-            alibi="mpt", alibi_bias_max=bias_max, qkv_clip=float(meta.get(f"{a}.attention.clamp_kqv", 0.0)),
-            max_position_embeddings=int(meta.get(f"{a}.context_length", 2048)), **gguf_shared_fields(meta))
+            family=cls.name, norm="layer", norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)),
+            mlp="gelu", positions="alibi", alibi="mpt", alibi_bias_max=bias_max,
+            qkv_clip=float(meta.get(f"{a}.attention.clamp_kqv", 0.0)), **gguf_shape_fields(meta))
 
     @classmethod
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors):

@@ -3,7 +3,7 @@ MLP with biases, optional sliding window on every layer, head tied by default.""
 from __future__ import annotations
 
 from llmrt.config import ModelConfig
-from llmrt.models.base import (GGUF_MODEL_NAMES, Family, gguf_shared_fields, hf_activation, hf_get, hf_shared_fields,
+from llmrt.models.base import (GGUF_MODEL_NAMES, Family, gguf_shape_fields, hf_activation, hf_get, hf_shared_fields,
                                register, rename_tensors, rope_scaling_of, rope_theta_of, weight_and_bias)
 
 _LAYER_NAMES = {
@@ -51,17 +51,13 @@ class StarCoder2(Family):
     @classmethod
     def config_from_gguf(cls, meta: dict) -> ModelConfig:
         a = meta["general.architecture"]
-        n_head, hidden = int(meta[f"{a}.attention.head_count"]), int(meta[f"{a}.embedding_length"])
-        head_dim = int(meta.get(f"{a}.rope.dimension_count", hidden // n_head))
+        shape = gguf_shape_fields(meta, context_default=4096)
+        head_dim = int(meta.get(f"{a}.rope.dimension_count", shape["head_dim"]))
+        shape["head_dim"] = head_dim
         return ModelConfig(
-            family=cls.name, vocab_size=int(meta.get(f"{a}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))),
-            hidden_size=hidden, num_layers=int(meta[f"{a}.block_count"]), num_heads=n_head,
-            num_kv_heads=int(meta.get(f"{a}.attention.head_count_kv", n_head)), head_dim=head_dim,
-            intermediate_size=int(meta[f"{a}.feed_forward_length"]), norm="layer",
-            norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)), mlp="gelu_tanh",
-            rotary_dim=head_dim, rope_theta=float(meta.get(f"{a}.rope.freq_base", 10000.0)),
-            sliding_window=int(meta.get(f"{a}.attention.sliding_window", 0)),
-            max_position_embeddings=int(meta.get(f"{a}.context_length", 4096)), **gguf_shared_fields(meta))
+            family=cls.name, norm="layer", norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)),
+            mlp="gelu_tanh", rotary_dim=head_dim, rope_theta=float(meta.get(f"{a}.rope.freq_base", 10000.0)),
+            sliding_window=int(meta.get(f"{a}.attention.sliding_window", 0)), **shape)
 
     @classmethod
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors):
