@@ -5,6 +5,8 @@ __version__ = "0.1.0"
 
 from llmrt.api.transformers import AutoModelForCausalLM
 from llmrt.config import ModelConfig, QuantConfig, WeightOnlyQuantConfig
+from llmrt.errors import (ConfigError, InvalidArgumentError, LlmrtError, ModelFileError, NonFiniteLogitsError,
+                          UnsupportedError)
 from llmrt.model import CausalLMOutput, Model
 
 
@@ -21,5 +23,6 @@ def show_config(print_out: bool = True) -> dict:
     return info
 
 
-__all__ = ["AutoModelForCausalLM", "CausalLMOutput", "Model", "ModelConfig", "QuantConfig",
+__all__ = ["AutoModelForCausalLM", "CausalLMOutput", "ConfigError", "InvalidArgumentError", "LlmrtError", "Model",
+           "ModelConfig", "ModelFileError", "NonFiniteLogitsError", "QuantConfig", "UnsupportedError",
            "WeightOnlyQuantConfig", "show_config", "__version__"]

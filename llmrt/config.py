@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from llmrt.blockspec import BlockSpec, alibi_slopes
+from llmrt.errors import UnsupportedError
 
 
 @dataclass
@@ -63,7 +64,7 @@ class ModelConfig:
             return (inv / float(scaling["factor"])).astype(np.float32)
         if kind == "llama3":
             return _llama3_inv_freq(inv, scaling)
-        raise NotImplementedError(f"rope_scaling type {kind!r} is not supported yet (supported: linear, llama3)")
+        raise UnsupportedError(f"rope_scaling type {kind!r} is not supported yet (supported: linear, llama3)")
 
     def block_spec(self) -> BlockSpec:
         """The decoder block these hyper-parameters describe, as the engine takes it."""

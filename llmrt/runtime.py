@@ -9,6 +9,8 @@ from typing import Iterator
 from threadpoolctl import threadpool_limits
 
 from llmrt._kernels import _ops
+from llmrt._kernels._ops import MAX_THREADS
+from llmrt.errors import InvalidArgumentError
 
 
 def physical_cores() -> int:
@@ -29,21 +31,28 @@ def physical_cores() -> int:
 
 
 def default_threads() -> int:
-    env = os.environ.get("LLMRT_NUM_THREADS")
+    """LLMRT_NUM_THREADS if set, else the physical cores (at most MAX_THREADS)."""
+    env = os.environ.get("LLMRT_NUM_THREADS", "").strip()
     if env:
-        return max(1, int(env))
-    return physical_cores()
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= MAX_THREADS:
+            raise InvalidArgumentError(f"LLMRT_NUM_THREADS={env!r}: give an integer from 1 to {MAX_THREADS} "
+                                       f"(or unset it to use the {physical_cores()} physical cores)")
+        return n
+    return min(physical_cores(), MAX_THREADS)
 
 
 @contextlib.contextmanager
 def compute_threads(threads: int | None) -> Iterator[int]:
     """Run kernels with `threads` OpenMP threads while NumPy's BLAS stays single-threaded
     (two thread pools on the same cores slow each other down)."""
-    n = default_threads() if threads is None else int(threads)
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    n = default_threads() if threads is None else threads
     before = _ops.get_num_threads()
-    _ops.set_num_threads(n)
+    _ops.set_num_threads(n)         # checks the range
+    n = _ops.get_num_threads()
     try:
         with threadpool_limits(limits=1, user_api="blas"):
             yield n

@@ -10,8 +10,10 @@ cdef class KVCache:
     cdef readonly cnp.ndarray k
     cdef readonly cnp.ndarray v
     cdef readonly int64_t ctx
-    cdef public int64_t n_past
-    cdef public int64_t kv_begin
+    # read-only from Python: only the engine, truncate() and the StreamingLLM shifts move them, so they
+    # always stay inside the buffers (0 <= kv_begin <= n_past <= ctx)
+    cdef readonly int64_t n_past
+    cdef readonly int64_t kv_begin
     cdef readonly int64_t pos_base
     cdef readonly int64_t ring_keep
     cdef readonly int64_t ring_head

@@ -3,9 +3,12 @@
 
 Everything that crosses into C is validated here: dtypes, contiguity, shapes, group sizes.
 """
+import operator
 import os
 
 import numpy as np
+
+from llmrt.errors import InvalidArgumentError
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
 from cython.parallel cimport prange
@@ -90,11 +93,19 @@ def bf16_instructions(enable=None):
     return bool(lr_bf16_hw_enabled())
 
 
-def set_num_threads(int n):
-    """Threads used by the kernels (OpenMP)."""
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
-    lr_set_threads(n)
+# far past any useful oversubscription, below what makes an OpenMP runtime fail to start its pool
+MAX_THREADS = 1024
+
+
+def set_num_threads(n):
+    """Threads used by the kernels (OpenMP), 1 to MAX_THREADS."""
+    try:
+        count = operator.index(n) if not isinstance(n, bool) else None
+    except TypeError:
+        count = None
+    if count is None or not 1 <= count <= MAX_THREADS:
+        raise InvalidArgumentError(f"threads must be an integer from 1 to {MAX_THREADS}, got {n!r}")
+    lr_set_threads(count)
 
 
 def get_num_threads():

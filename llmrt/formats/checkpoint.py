@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from llmrt.errors import UnsupportedError
 from llmrt.formats import _identity
 from llmrt.formats.blocks import bf16_bits_to_fp32
 from llmrt.formats.errors import file_error
@@ -111,7 +112,7 @@ class _SafetensorsFile:
     def read(self, name: str) -> np.ndarray:
         dtype, shape, begin, end = self.entries[name]
         if dtype not in _ST_DTYPES:
-            raise NotImplementedError(f"{self.path}: tensor {name!r} has dtype {dtype}, which llmrt cannot read "
+            raise UnsupportedError(f"{self.path}: tensor {name!r} has dtype {dtype}, which llmrt cannot read "
                                       f"(supported: {', '.join(_ST_DTYPES)})")
         if end == begin:
             arr = np.zeros(shape, dtype=_ST_DTYPES[dtype])

@@ -1,16 +1,9 @@
-"""Errors raised by the file readers and writers of llmrt.formats."""
+"""Errors raised by the file readers and writers of llmrt.formats (the classes live in llmrt.errors)."""
 from __future__ import annotations
 
-__all__ = ["ModelFileError"]
+from llmrt.errors import ModelFileError
 
-
-class ModelFileError(ValueError):
-    """A model or checkpoint file is malformed: wrong magic, unsupported version, truncated,
-    corrupt header or checksum mismatch.
-
-    A ValueError subclass so callers that already catch ValueError for bad input keep working.
-    Messages name the file, say what is wrong with it and what to do about it.
-    """
+__all__ = ["ModelFileError", "file_error"]
 
 
 def file_error(path: object, problem: str, hint: str) -> ModelFileError:

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from llmrt.errors import UnsupportedError
 from llmrt.formats import _identity
 from llmrt.formats.blocks import QuantFormat
 from llmrt.formats.errors import ModelFileError, file_error
@@ -145,7 +146,7 @@ class GGUFFile:
             return view.view(info.fmt.dtype_for(info.shape[-1])), info.fmt
         if info.ggml_type in _DENSE_TYPES:
             return view, None
-        raise NotImplementedError(
+        raise UnsupportedError(
             f"{self.path}: tensor {name!r} has GGML type {info.ggml_type}, which llmrt cannot read yet "
             f"(supported: {', '.join([*_DENSE_TYPES, *_BLOCK_TYPES])}); use a GGUF quantized to Q4_0, Q4_1, "
             f"Q8_0 or F16, or load the Hugging Face checkpoint instead")

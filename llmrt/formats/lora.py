@@ -16,6 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
+from llmrt.errors import UnsupportedError
 from llmrt.formats.checkpoint import Checkpoint
 from llmrt.formats.json_files import read_json_object
 
@@ -40,14 +41,14 @@ class LoraAdapter:
         self.config = cfg
         kind = cfg.get("peft_type", "LORA")
         if kind != "LORA":
-            raise NotImplementedError(f"{cfg_file}: peft_type {kind!r} cannot be merged; only LORA adapters")
+            raise UnsupportedError(f"{cfg_file}: peft_type {kind!r} cannot be merged; only LORA adapters")
         for flag, what in (("use_dora", "DoRA"),):
             if cfg.get(flag):
-                raise NotImplementedError(f"{cfg_file}: {what} adapters cannot be merged yet (set {flag}=false)")
+                raise UnsupportedError(f"{cfg_file}: {what} adapters cannot be merged yet (set {flag}=false)")
         if cfg.get("bias", "none") != "none":
-            raise NotImplementedError(f"{cfg_file}: bias={cfg['bias']!r} adapters cannot be merged yet (only 'none')")
+            raise UnsupportedError(f"{cfg_file}: bias={cfg['bias']!r} adapters cannot be merged yet (only 'none')")
         if cfg.get("alpha_pattern") or cfg.get("rank_pattern"):
-            raise NotImplementedError(f"{cfg_file}: per-module rank_pattern / alpha_pattern are not supported yet")
+            raise UnsupportedError(f"{cfg_file}: per-module rank_pattern / alpha_pattern are not supported yet")
         try:
             self.r = int(cfg["r"])
             self.alpha = float(cfg.get("lora_alpha", self.r))
@@ -68,8 +69,8 @@ class LoraAdapter:
             m = _KEY.fullmatch(key)
             if not m:
                 if "lora_embedding" in key or "modules_to_save" in key or key.startswith(_PREFIX):
-                    raise NotImplementedError(f"{weights}: tensor {key!r} (embedding LoRA or modules_to_save) "
-                                              f"cannot be merged yet")
+                    raise UnsupportedError(f"{weights}: tensor {key!r} (embedding LoRA or modules_to_save) "
+                                           f"cannot be merged yet")
                 raise ValueError(f"{weights}: unexpected tensor {key!r} in a LoRA adapter")
             module = m.group(1)[len(_PREFIX):] if m.group(1).startswith(_PREFIX) else m.group(1)
             self._pairs.setdefault(f"{module}.weight", {})[m.group(2)] = key

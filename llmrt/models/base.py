@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from llmrt.config import ModelConfig
+from llmrt.errors import UnsupportedError
 
 Tensors = Iterator[tuple[str, np.ndarray]]
 
@@ -45,13 +46,13 @@ class Family:
 
     @classmethod
     def config_from_gguf(cls, meta: dict) -> ModelConfig:
-        raise NotImplementedError(f"{cls.name} models cannot be loaded from GGUF yet")
+        raise UnsupportedError(f"{cls.name} models cannot be loaded from GGUF yet")
 
     @classmethod
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray, object]]
                          ) -> Iterator[tuple[str, np.ndarray, object]]:
         """(gguf name, array, QuantFormat or None) -> (internal name, array, format)."""
-        raise NotImplementedError(f"{cls.name} models cannot be loaded from GGUF yet")
+        raise UnsupportedError(f"{cls.name} models cannot be loaded from GGUF yet")
 
 
 _BY_HF: dict[str, type[Family]] = {}
@@ -70,7 +71,7 @@ def family_for_hf(model_type: str) -> type[Family]:
     try:
         return _BY_HF[model_type]
     except KeyError:
-        raise ValueError(f"unsupported model_type {model_type!r}; llmrt supports: "
+        raise UnsupportedError(f"unsupported model_type {model_type!r}; llmrt supports: "
                          f"{', '.join(sorted(_BY_HF))}") from None
 
 
@@ -78,7 +79,7 @@ def family_for_gguf(arch: str) -> type[Family]:
     try:
         return _BY_GGUF[arch]
     except KeyError:
-        raise ValueError(f"unsupported GGUF architecture {arch!r}; llmrt reads: "
+        raise UnsupportedError(f"unsupported GGUF architecture {arch!r}; llmrt reads: "
                          f"{', '.join(sorted(_BY_GGUF))}") from None
 
 
@@ -86,7 +87,7 @@ def family_by_name(name: str) -> type[Family]:
     for fam in set(_BY_HF.values()):
         if fam.name == name:
             return fam
-    raise ValueError(f"unknown model family {name!r}")
+    raise UnsupportedError(f"unknown model family {name!r}")
 
 
 def supported_model_types() -> list[str]:

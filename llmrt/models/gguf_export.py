@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from llmrt.config import ModelConfig
+from llmrt.errors import UnsupportedError
 from llmrt.models import gpt_neox, llama
 
 __all__ = ["GGUFLayout", "gguf_layout", "EXPORTABLE_FAMILIES"]
@@ -65,7 +66,7 @@ def _rope_scaling(a: str, cfg: ModelConfig) -> list[tuple[str, Any, str]]:
         return [(f"{a}.rope.scaling.type", "linear", "string"),
                 (f"{a}.rope.scaling.factor", float(s["factor"]), "float32")]
     # llama.cpp stores llama3 scaling as a rope_freqs tensor, which llmrt cannot read back yet
-    raise NotImplementedError(f"rope_scaling type {kind!r} cannot be written to GGUF yet (supported: linear)")
+    raise UnsupportedError(f"rope_scaling type {kind!r} cannot be written to GGUF yet (supported: linear)")
 
 
 def _llama_metadata(cfg: ModelConfig) -> list[tuple[str, Any, str]]:

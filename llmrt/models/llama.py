@@ -3,6 +3,7 @@ GQA, SwiGLU MLP, optional sliding window, tied or untied embeddings."""
 from __future__ import annotations
 
 from llmrt.config import ModelConfig
+from llmrt.errors import UnsupportedError
 from llmrt.models.base import (Family, Tensors, gguf_shared_fields, hf_get, register, rename_tensors,
                                rope_scaling_of, rope_theta_of)
 
@@ -126,7 +127,7 @@ class Llama(Family):
         def no_rope_freqs(items):
             for item in items:
                 if item[0] == "rope_freqs.weight":
-                    raise NotImplementedError("GGUF files with rope_freqs (llama3 scaling) are not supported yet")
+                    raise UnsupportedError("GGUF files with rope_freqs (llama3 scaling) are not supported yet")
                 yield item
         yield from rename_tensors("llama GGUF", cfg, no_rope_freqs(tensors), GGUF_LAYER_NAMES, GGUF_GLOBAL_NAMES,
                                   convert=convert)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmrt.errors import UnsupportedError
 from llmrt.formats.json_files import read_json_object
 
 __all__ = ["tokenizer_metadata", "TOKEN_NORMAL", "TOKEN_UNKNOWN", "TOKEN_CONTROL", "TOKEN_USER_DEFINED",
@@ -93,7 +94,7 @@ def _spm(path: Path, added: dict[int, tuple[str, bool]], vocab_size: int) -> Met
 def _bpe(path: Path, tok_json: dict, added: dict[int, tuple[str, bool]], vocab_size: int) -> Meta:
     model = tok_json.get("model") or {}
     if model.get("type") != "BPE":
-        raise NotImplementedError(f"{path}: tokenizer model type {model.get('type')!r} cannot be written to GGUF "
+        raise UnsupportedError(f"{path}: tokenizer model type {model.get('type')!r} cannot be written to GGUF "
                                   f"(supported: BPE, or a SentencePiece tokenizer.model)")
     vocab: dict[str, int] = model.get("vocab") or {}
     by_id: dict[int, str] = {int(i): t for t, i in vocab.items()}
