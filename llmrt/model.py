@@ -1,8 +1,10 @@
 """Model: load (HF dir, GGUF, llmrt file), quantize, save, forward, generate and chat."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,6 +16,7 @@ from llmrt.config import ModelConfig, WeightOnlyQuantConfig
 from llmrt import generation
 from llmrt.formats.json_files import read_hf_config
 from llmrt.generation import GenerateOutput, Session, as_id_batch
+from llmrt.generation.finite import check_logits
 from llmrt.hub import resolve_model_path
 from llmrt.models import family_by_name, family_for_gguf, family_for_hf
 from llmrt.runtime import compute_threads
@@ -45,8 +48,22 @@ class _Source:
     extra: dict = field(default_factory=dict)
 
 
+def _serialized(method):
+    """Run under the model's lock: the engine's scratch buffers, the KV session and the lazily rebuilt
+    weights are per model, so concurrent calls from Python threads on one model take turns (and give
+    exactly the sequential results); different models still run in parallel."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class Model:
-    """A causal language model ready to run on the CPU kernels."""
+    """A causal language model ready to run on the CPU kernels.
+
+    Thread safety: one model may be shared between Python threads; its calls (forward, generate,
+    chat) are serialized by a per-model lock."""
 
     def __init__(self, config: ModelConfig, quant: WeightOnlyQuantConfig, tensors: dict[str, Stored],
                  source: _Source, memory_dtype: str | None = None, max_chunk: int = DEFAULT_CHUNK):
@@ -60,6 +77,7 @@ class Model:
                                    two_pass=quant.activation_precision, release=formats.drop_resident_pages,
                                    row_release=formats.row_release, max_chunk=max_chunk)
         self._session = Session()           # the conversation kept by interactive generate() / chat()
+        self._lock = threading.RLock()      # re-entrant: a streamer or processor may call back in
         self._generation_defaults: dict | None = None
 
     # ------------------------------------------------------------------ loading
@@ -183,9 +201,11 @@ class Model:
     def new_cache(self, ctx_size: int):
         return self.engine.new_cache(int(ctx_size), self.memory_dtype)
 
+    @_serialized
     def __call__(self, input_ids: Any, output_hidden_states: bool = False, threads: int | None = None,
-                 **_: Any) -> CausalLMOutput:
-        """Logits for every position: (batch, seq, vocab) float32."""
+                 check_finite: bool = True, **_: Any) -> CausalLMOutput:
+        """Logits for every position: (batch, seq, vocab) float32.  NaN or inf in them raises
+        NonFiniteLogitsError unless check_finite=False."""
         ids = as_id_batch(input_ids)
         logits = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), np.float32)
         hidden: list[list[np.ndarray]] = []
@@ -196,6 +216,8 @@ class Model:
                 logits[b] = self.engine.forward(cache, ids[b], all_logits=True, hidden_states=hs)
                 if hs is not None:
                     hidden.append(hs)
+        if check_finite:
+            check_logits(logits)
         hidden_states = None
         if output_hidden_states:
             hidden_states = tuple(np.stack([hidden[b][i] for b in range(ids.shape[0])])
@@ -212,6 +234,7 @@ class Model:
             self._generation_defaults = generation.model_defaults(self.config, self.source.kind, self.source.path)
         return dict(self._generation_defaults)
 
+    @_serialized
     def generate(self, input_ids: Any = None, generation_config: Any = None, logits_processor: Any = None,
                  stopping_criteria: Any = None, *, streamer: Any = None, attention_mask: Any = None,
                  threads: int | None = None, interactive: bool = False, ignore_prompt: bool = False,
@@ -223,7 +246,8 @@ class Model:
         or the context's end), max_length, min_new_tokens, min_length, do_sample, temperature, top_k,
         top_p, min_p, typical_p, repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty,
         early_stopping, num_return_sequences, eos_token_id (int or list), pad_token_id, seed,
-        output_scores, output_logits, return_dict_in_generate; the context: ctx_size, n_keep (-1: the
+        output_scores, output_logits, return_dict_in_generate, check_finite (NaN / inf logits or scores
+        raise NonFiniteLogitsError unless False); the context: ctx_size, n_keep (-1: the
         whole prompt), n_discard (-1: half), shift_roped_k.  Ragged batches: left padding with an
         attention_mask; each row comes out as if generated alone.  logits_processor /
         stopping_criteria: transformers' lists, called with torch tensors when torch is installed.
@@ -234,6 +258,7 @@ class Model:
                                    interactive=interactive, ignore_prompt=ignore_prompt, session=self._session,
                                    **kwargs)
 
+    @_serialized
     def chat(self, messages: list[dict], tokenizer: Any, *, streamer: Any = None, threads: int | None = None,
              chat_template: str | None = None, **kwargs: Any) -> str:
         """Answer the last message of a conversation ([{"role": ..., "content": ...}, ...]) through the
@@ -253,6 +278,7 @@ class Model:
         new = out.sequences if isinstance(out, GenerateOutput) else out
         return tokenizer.decode([int(t) for t in new[0]], skip_special_tokens=True)
 
+    @_serialized
     def reset_conversation(self) -> None:
         """Forget the conversation kept by interactive generate() / chat()."""
         self._session.reset()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmrt.generation.callbacks import StoppingCheck
+from llmrt.generation.finite import check_logits, check_scores
 from llmrt.generation.kv_policy import Sequence, feed_step
 from llmrt.generation.options import GenerationOptions
 from llmrt.generation.pipeline import LogitsPipeline
@@ -85,11 +86,15 @@ def beam_search(starts: list[Sequence], first_logits: np.ndarray, table: TokenTa
     logits = np.repeat(first_logits[:, None, :], nb, axis=1)
     while True:
         flat_logits = logits.reshape(n_items * nb, vocab).astype(np.float32)
+        if opts.check_finite:
+            check_logits(flat_logits)
         lprobs = log_softmax(flat_logits)
         if pipeline:
             rows = [running[b, j, pad_w[b]:cur] for b in range(n_items) for j in range(nb)]
             lprobs = pipeline(rows, lambda: running[:, :, :cur].reshape(n_items * nb, cur).copy(), lprobs,
                               cur - width)
+            if opts.check_finite:
+                check_scores(lprobs, every_row_live=False)    # a beam may have nowhere to go
         if keep_logits:
             res.logits.append(flat_logits.copy())
         if keep_scores:

@@ -50,6 +50,7 @@ class GenerationOptions:
     return_dict_in_generate: bool = False
     use_cache: bool = True                  # accepted for compatibility; the KV cache is always used
     seed: int | None = None
+    check_finite: bool = True               # NaN / inf logits raise NonFiniteLogitsError
     # context (neural-speed / StreamingLLM)
     ctx_size: int | None = None
     n_keep: int | None = None               # tokens kept from the start; -1 = the whole prompt
@@ -126,7 +127,7 @@ class GenerationOptions:
             if self.n_discard == 0:
                 raise ValueError("n_discard must be -1 (half of the window) or >= 1, got 0")
         for name in ("do_sample", "output_scores", "output_logits", "return_dict_in_generate", "use_cache",
-                     "shift_roped_k"):
+                     "shift_roped_k", "check_finite"):
             v = getattr(self, name)
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {v!r}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmrt.generation.callbacks import StoppingCheck, StreamerHook
+from llmrt.generation.finite import check_logits, check_scores
 from llmrt.generation.kv_policy import Sequence, feed_step
 from llmrt.generation.options import GenerationOptions
 from llmrt.generation.pipeline import LogitsPipeline
@@ -44,6 +45,8 @@ def sample_search(seqs: list[Sequence], first_logits: np.ndarray, table: TokenTa
     unfinished = np.ones(n_rows, dtype=bool)
     ctx_ended = np.zeros(n_rows, dtype=bool)      # rows whose context is full: they cannot go on
     logits = first_logits
+    if opts.check_finite:
+        check_logits(logits)
     while True:
         # rows that only get pad tokens: finished ones (transformers pads them when it watches an
         # EOS token; otherwise they keep generating) and those at the end of their context
@@ -52,6 +55,8 @@ def sample_search(seqs: list[Sequence], first_logits: np.ndarray, table: TokenTa
         scores = raw.copy()
         if pipeline:
             scores = pipeline([table.row(r) for r in range(n_rows)], table.padded, scores, res.n_new)
+            if opts.check_finite:
+                check_scores(scores[~idle])
         if keep_scores:
             res.scores.append(scores.copy())
             stop.record(scores)
@@ -81,7 +86,9 @@ def sample_search(seqs: list[Sequence], first_logits: np.ndarray, table: TokenTa
             break
         active = np.flatnonzero(unfinished if watch_eos else ~ctx_ended)
         logits = _frozen_rows(n_rows, raw.shape[1], pad)
-        logits[active] = feed_step([seqs[r] for r in active], nxt[active])
+        logits[active] = fresh = feed_step([seqs[r] for r in active], nxt[active])
+        if opts.check_finite:
+            check_logits(fresh)
     return res
 
 
