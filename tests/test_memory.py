@@ -63,3 +63,45 @@ def test_row_release_validation(tmp_path):
     assert window == (2 << 20) // (1024 * 4)
     release(0, 10)                                                  # pages come back from the file when read
     np.testing.assert_array_equal(mm[3, :4], np.arange(3 * 1024, 3 * 1024 + 4, dtype=np.float32))
+
+
+# The child generates 10 windows' worth of tokens past its context and records its resident set at
+# every token (a streamer's put()), from the end of the first window on.
+STREAMING_CHILD = """
+import json, sys
+from llmrt import AutoModelForCausalLM
+
+path, mode = sys.argv[1:3]
+ctx = 256
+model = AutoModelForCausalLM.from_pretrained(path, use_cache=False, progress=False)
+page = __import__("os").sysconf("SC_PAGE_SIZE")
+rss = []
+
+class Recorder:
+    def put(self, ids):
+        with open("/proc/self/statm") as f:
+            rss.append(int(f.read().split()[1]) * page)
+    def end(self):
+        pass
+
+opts = dict(shift_roped_k=True, n_keep=4) if mode == "ring" else dict(n_keep=4, n_discard=32)
+out = model.generate([[3, 4, 5, 6, 7, 8]], max_new_tokens=10 * ctx, ctx_size=ctx, do_sample=True, seed=0, eos_token_id=None,
+                     streamer=Recorder(), **opts)
+print(json.dumps({"n": int(out.shape[1]), "rss": rss[ctx:]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+@pytest.mark.parametrize("mode", ["ring", "reevaluate"])
+def test_streaming_generation_keeps_resident_memory_flat(tiny_models, mode):
+    """10 x ctx_size tokens of StreamingLLM generation: RSS after the first window stays within 1%."""
+    import json
+    import subprocess
+    path, _ = tiny_models("llama-gqa-tied")
+    r = subprocess.run([sys.executable, "-c", STREAMING_CHILD, str(path), mode], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["n"] == 6 + 10 * 256
+    rss = np.array(res["rss"], dtype=np.float64)
+    assert rss.max() <= rss[0] * 1.01, f"RSS grew from {rss[0] / 2**20:.1f} MiB to {rss.max() / 2**20:.1f} MiB"
