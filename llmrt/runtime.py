@@ -30,6 +30,26 @@ def physical_cores() -> int:
     return max(1, len(seen))
 
 
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):      # not POSIX
+        return None
+
+
+def check_kv_memory(config, n_caches: int, capacity: int, memory_dtype: str) -> None:
+    """Refuse KV caches that cannot fit in this machine's memory, naming what to lower, instead of
+    failing inside NumPy (or swapping the machine to a halt)."""
+    per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * (2 if memory_dtype == "f16" else 4)
+    need = n_caches * capacity * per_token
+    have = physical_memory()
+    if have is not None and need > have:
+        raise InvalidArgumentError(
+            f"{n_caches} KV cache(s) of {capacity} tokens need {need / 2**30:.1f} GiB, more than this machine's "
+            f"{have / 2**30:.1f} GiB; lower ctx_size / max_new_tokens, the batch or num_beams")
+
+
 def default_threads() -> int:
     """LLMRT_NUM_THREADS if set, else the physical cores (at most MAX_THREADS)."""
     env = os.environ.get("LLMRT_NUM_THREADS", "").strip()

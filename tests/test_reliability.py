@@ -185,3 +185,8 @@ def test_masking_processors_are_not_mistaken_for_errors(model):
     out = model.generate([[3, 4], [5, 6]], max_new_tokens=6, do_sample=True, seed=3, top_k=2, min_new_tokens=3,
                          eos_token_id=[2, 7])
     assert out.shape[0] == 2
+
+
+def test_zero_new_tokens_returns_the_prompt(model):
+    """Found by the property tests: max_new_tokens=0 used to size the context at the prompt alone."""
+    assert model.generate([[3, 4, 5]], max_new_tokens=0).tolist() == [[3, 4, 5]]

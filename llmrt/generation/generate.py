@@ -18,7 +18,7 @@ from llmrt.generation.pipeline import LogitsPipeline
 from llmrt.generation.search import sample_search
 from llmrt.generation.session import Session
 from llmrt.generation.tokens import TokenTable, as_id_batch, split_rows
-from llmrt.runtime import compute_threads
+from llmrt.runtime import check_kv_memory, compute_threads
 
 
 def generate(model: Any, input_ids: Any = None, generation_config: Any = None, logits_processor: Any = None,
@@ -106,8 +106,11 @@ def _sequences(model: Any, opts: GenerationOptions, rows: list[np.ndarray], max_
     longest = max(r.size for r in rows)
     policy = _policy(model, opts, longest, max_new, interactive)
 
+    need = longest + (max_new if max_new >= 0 else 0) + 1
+    copies = max(opts.num_beams, opts.num_return_sequences)     # beams and samples fork the cache
+    check_kv_memory(model.config, len(rows) * copies, min(need, policy.ctx_size), model.memory_dtype)
+
     def new_sequence(p: ContextPolicy) -> Sequence:
-        need = longest + (max_new if max_new >= 0 else 0) + 1
         return Sequence(model.engine, model.memory_dtype, p, capacity=need)
 
     if interactive:
@@ -135,7 +138,7 @@ def _policy(model: Any, opts: GenerationOptions, longest: int, max_new: int, int
     elif opts.streaming or interactive or max_new < 0:
         ctx = int(model.config.max_position_embeddings)
     else:
-        ctx = longest + max_new
+        ctx = longest + max(max_new, 1)     # room for one token even when none is asked for
     if opts.shift_roped_k and not model.engine.shifts.can_shift_keys:
         raise ValueError("shift_roped_k moves cached keys to new positions, which this model's learned "
                          "positions do not allow; use re-evaluation (n_keep / n_discard) instead")

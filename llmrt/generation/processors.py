@@ -146,7 +146,8 @@ class TypicalP:
     def __call__(self, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         logp = log_softmax(scores).astype(np.float64)
         p = np.exp(logp)
-        ent = -np.nansum(np.where(p > 0, logp * p, 0.0), axis=-1, keepdims=True)
+        # masked tokens (-inf, p = 0) add nothing to the entropy: no 0 * -inf products
+        ent = -np.sum(np.where(p > 0, np.where(p > 0, logp, 0.0) * p, 0.0), axis=-1, keepdims=True)
         shifted = np.abs(-logp - ent)
         order = np.argsort(shifted, axis=-1, kind="stable")
         sorted_shift = np.take_along_axis(shifted, order, axis=-1)
