@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from llmrt.errors import ConfigError, ModelFileError
+
 NORMS = ("rms", "layer")
 NORM_PLACEMENTS = ("pre", "post")
 MLPS = ("gated_silu", "silu", "gelu", "gelu_tanh", "relu")
@@ -57,7 +59,7 @@ class BlockSpec:
 
     def __post_init__(self) -> None:
         def bad(what: str) -> None:
-            raise ValueError(f"block spec: {what}")
+            raise ConfigError(f"block spec: {what}")
         for name, value, allowed in (("norm", self.norm, NORMS), ("norm_placement", self.norm_placement, NORM_PLACEMENTS),
                                      ("mlp", self.mlp, MLPS), ("residual", self.residual, RESIDUALS),
                                      ("positions", self.positions, POSITIONS)):
@@ -65,6 +67,8 @@ class BlockSpec:
                 bad(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if self.norm_placement == "post" and self.residual != "sequential":
             bad("post-norm blocks need the sequential residual")
+        if not (isinstance(self.norm_eps, (int, float)) and math.isfinite(self.norm_eps) and self.norm_eps > 0):
+            bad(f"norm_eps must be a finite number > 0, got {self.norm_eps!r}")
         if self.n_heads <= 0 or self.head_dim <= 0:
             bad(f"n_heads ({self.n_heads}) and head_dim ({self.head_dim}) must be positive")
         if self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:
@@ -109,9 +113,10 @@ class BlockSpec:
         return self.layer_windows[layer] if self.layer_windows else self.sliding_window
 
     def check_layers(self, hidden: int, layers: list) -> None:
-        """Raise ValueError naming the first layer whose weights do not fit this spec."""
+        """Raise ConfigError naming the first layer whose weights do not fit this spec (the config
+        and the checkpoint disagree)."""
         if self.layer_windows and len(self.layer_windows) != len(layers):
-            raise ValueError(f"layer_windows has {len(self.layer_windows)} values for {len(layers)} layers")
+            raise ConfigError(f"layer_windows has {len(self.layer_windows)} values for {len(layers)} layers")
         qkv_n = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
         for i, lay in enumerate(layers):
             ff = lay.mlp_out.k
@@ -120,18 +125,18 @@ class BlockSpec:
                                     (lay.attn_out, hidden, self.n_heads * self.head_dim, "attn_out"),
                                     (lay.mlp_in, want_in, hidden, "mlp_in"), (lay.mlp_out, hidden, ff, "mlp_out")):
                 if lin.n != n or lin.k != k:
-                    raise ValueError(f"layer {i} {name} is {lin.n}x{lin.k}, expected {n}x{k}")
+                    raise ConfigError(f"layer {i} {name} is {lin.n}x{lin.k}, expected {n}x{k} from the config")
             norms = [("attn_norm", lay.attn_norm_w)]
             if self.residual != "parallel_shared_norm":
                 norms.append(("mlp_norm", lay.mlp_norm_w))
             for name, w in norms:
                 if w is None:
-                    raise ValueError(f"the checkpoint has no layers.{i}.{name}.weight; it may be truncated or "
-                                     f"of another architecture")
+                    raise ModelFileError(f"the checkpoint has no layers.{i}.{name}.weight; it may be truncated or "
+                                         f"of another architecture")
             for name, v in (("attn_norm.weight", lay.attn_norm_w), ("attn_norm.bias", lay.attn_norm_b),
                             ("mlp_norm.weight", lay.mlp_norm_w), ("mlp_norm.bias", lay.mlp_norm_b)):
                 if v is not None and v.shape[0] != hidden:
-                    raise ValueError(f"layers.{i}.{name} has {v.shape[0]} values, expected {hidden}")
+                    raise ConfigError(f"layers.{i}.{name} has {v.shape[0]} values, expected {hidden}")
 
 
 def alibi_slopes(n_heads: int, bias_max: float = 8.0, *, interleave_extra: bool = False) -> np.ndarray:

@@ -4,13 +4,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 
-from llmrt.blockspec import BlockSpec, alibi_slopes
-from llmrt.errors import UnsupportedError
+import llmrt.validation as v
+from llmrt.blockspec import MLPS, NORM_PLACEMENTS, NORMS, POSITIONS, RESIDUALS, BlockSpec, alibi_slopes
+from llmrt.errors import ConfigError, InvalidArgumentError
+
+ALIBI_KINDS = ("bloom", "mpt", "falcon")
 
 
 @dataclass
@@ -54,25 +59,97 @@ class ModelConfig:
         """Rotary inverse frequencies, with linear or llama3 scaling folded in."""
         if self.rotary_dim == 0:
             return np.zeros(0, np.float32)
-        idx = np.arange(0, self.rotary_dim, 2, dtype=np.int64).astype(np.float32)
-        inv = (1.0 / (self.rope_theta ** (idx / self.rotary_dim))).astype(np.float32)
-        scaling = self.rope_scaling or {}
-        kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind in (None, "default"):
-            return inv
-        if kind == "linear":
-            return (inv / float(scaling["factor"])).astype(np.float32)
-        if kind == "llama3":
+        scaling = v.rope_scaling(self.rope_scaling)
+        # extreme bases or factors overflow to inf / 0 here: validate() refuses non-finite results
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            idx = np.arange(0, self.rotary_dim, 2, dtype=np.int64).astype(np.float32)
+            inv = (1.0 / (self.rope_theta ** (idx / self.rotary_dim))).astype(np.float32)
+            if scaling is None:
+                return inv
+            if scaling["rope_type"] == "linear":
+                return (inv / scaling["factor"]).astype(np.float32)
             return _llama3_inv_freq(inv, scaling)
-        raise UnsupportedError(f"rope_scaling type {kind!r} is not supported yet (supported: linear, llama3)")
+
+    def validate(self) -> "ModelConfig":
+        """Check every field the engine uses, type and range, once before the engine is built (a bad
+        epsilon or rotary base would otherwise give NaN logits, a bad size a crash deep in the
+        load).  ConfigError / UnsupportedError name the field.  Returns self."""
+        if not isinstance(self.family, str) or not self.family:
+            raise ConfigError(f"family must be a model family name, got {v.describe(self.family)}")
+        self._check_shape()
+        self._check_block()
+        self._check_tokens()
+        v.as_dict(self.extra, "extra")
+        spec = self.block_spec()
+        if not np.isfinite(spec.inv_freq).all():
+            raise ConfigError(f"rope_theta {self.rope_theta} with rope_scaling {self.rope_scaling} gives "
+                              "non-finite rotary frequencies")
+        return self
+
+    def _check_shape(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                     "intermediate_size", "max_position_embeddings"):
+            v.as_int(getattr(self, name), name, min_value=1)
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        rot = v.as_int(self.rotary_dim, "rotary_dim", min_value=0)
+        if rot % 2 or rot > self.head_dim:
+            raise ConfigError(f"rotary_dim ({rot}) must be even and at most head_dim ({self.head_dim})")
+        v.as_int(self.sliding_window, "sliding_window", min_value=0)
+        if self.layer_windows is not None:
+            if not isinstance(self.layer_windows, (list, tuple)) or len(self.layer_windows) != self.num_layers:
+                raise ConfigError(f"layer_windows must hold one window per layer ({self.num_layers}), "
+                                  f"got {v.describe(self.layer_windows)}")
+            for w in self.layer_windows:
+                v.as_int(w, "layer_windows entry", min_value=0)
+
+    def _check_block(self) -> None:
+        for name, allowed in (("norm", NORMS), ("norm_placement", NORM_PLACEMENTS), ("mlp", MLPS),
+                              ("residual", RESIDUALS), ("alibi", ALIBI_KINDS)):
+            _check_choice(getattr(self, name), name, allowed)
+        if self.positions is not None:
+            _check_choice(self.positions, "positions", POSITIONS)
+        for name in ("rotary_interleaved", "final_norm", "tie_word_embeddings"):
+            v.as_bool(getattr(self, name), name)
+        v.as_float(self.norm_eps, "norm_eps", positive=True)
+        v.as_float(self.rope_theta, "rope_theta", positive=True)
+        v.rope_scaling(self.rope_scaling)
+        v.as_float(self.alibi_bias_max, "alibi_bias_max", positive=True)
+        v.as_int(self.position_offset, "position_offset", min_value=0)
+        if self.attn_scale is not None:
+            v.as_float(self.attn_scale, "attn_scale", positive=True)
+        v.as_float(self.qkv_clip, "qkv_clip", min_value=0.0)
+
+    def _check_tokens(self) -> None:
+        self._drop_special_ids_outside_the_vocabulary()
+
+    def _drop_special_ids_outside_the_vocabulary(self) -> None:
+        """Special token ids must be integers; one past the vocabulary (some published configs have
+        them, transformers only warns) can never be generated or fed, so it is dropped with a warning
+        rather than refusing the model."""
+        def keep(i: Any, name: str) -> bool:
+            v.as_int(i, name, min_value=0)
+            if i < self.vocab_size:
+                return True
+            warnings.warn(f"{name} {i} is outside the vocabulary of {self.vocab_size} tokens; ignored", stacklevel=3)
+            return False
+
+        for name in ("bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and not keep(value, name):
+                setattr(self, name, None)
+        eos = self.eos_token_id
+        if isinstance(eos, (list, tuple)):
+            self.eos_token_id = [i for i in eos if keep(i, "eos_token_id")] or None
+        elif eos is not None and not keep(eos, "eos_token_id"):
+            self.eos_token_id = None
 
     def block_spec(self) -> BlockSpec:
         """The decoder block these hyper-parameters describe, as the engine takes it."""
         positions = self.positions or ("rotary" if self.rotary_dim else "none")
         slopes = None
         if positions == "alibi":
-            if self.alibi not in ("bloom", "mpt", "falcon"):
-                raise ValueError(f"unknown alibi slopes {self.alibi!r}; choose bloom, mpt or falcon")
+            _check_choice(self.alibi, "alibi", ALIBI_KINDS)
             slopes = alibi_slopes(self.num_heads, self.alibi_bias_max, interleave_extra=self.alibi == "mpt")
             if self.alibi == "falcon":
                 slopes = slopes * self.head_dim ** -0.5     # Falcon-RW scales q.k + bias together
@@ -89,15 +166,28 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The config of a to_dict() (an .llmrt file's); unknown keys are dropped, missing required
+        ones are a ConfigError.  Call validate() before use."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config must be an object, got {v.describe(d)}")
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING and f.name not in d]
+        if missing:
+            raise ConfigError(f"the model config lacks {', '.join(missing)}")
+        names = {f.name for f in fields}
+        return cls(**{k: val for k, val in d.items() if k in names})
+
+
+def _check_choice(value: Any, name: str, allowed: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(f"unknown {name} {v.describe(value)}; choose one of {', '.join(allowed)}")
 
 
 def _llama3_inv_freq(inv: np.ndarray, s: dict) -> np.ndarray:
-    factor = float(s["factor"])
-    low = float(s.get("low_freq_factor", 1.0))
-    high = float(s.get("high_freq_factor", 4.0))
-    old_ctx = float(s.get("original_max_position_embeddings", 8192))
+    """s: a normalized llama3 scaling (validation.rope_scaling)."""
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_ctx = float(s["original_max_position_embeddings"])
     low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
     wavelen = 2 * np.pi / inv
     out = np.where(wavelen > low_wavelen, inv / factor, inv)
@@ -112,6 +202,11 @@ _WEIGHT_DTYPES = {"int4": "int4", "int4_clip": "int4", "int4_fullrange": "int4",
 _COMPUTE_DTYPES = {"int8", "fp32", "bf16"}
 _SCALE_DTYPES = {"fp32", "bf16", "fp16"}
 _ALGS = {"sym", "asym"}
+_ACTIVATION_PRECISIONS = {"int8", "auto", "high"}
+
+
+def _bad_option(name: str, value: Any, allowed: str) -> None:
+    raise InvalidArgumentError(f"WeightOnlyQuantConfig: {name} {v.describe(value)} is not valid; choose {allowed}")
 
 
 @dataclass
@@ -148,28 +243,27 @@ class WeightOnlyQuantConfig:
     activation_precision: str = "auto"
 
     def __post_init__(self) -> None:
-        wd = _WEIGHT_DTYPES.get(str(self.weight_dtype).lower())
+        wd = _WEIGHT_DTYPES.get(self.weight_dtype.lower()) if isinstance(self.weight_dtype, str) else None
         if wd is None:
-            raise ValueError(f"unknown weight_dtype {self.weight_dtype!r}; choose int4, int8 or fp32")
+            _bad_option("weight_dtype", self.weight_dtype, "int4, int8 or fp32")
         self.weight_dtype = wd
+        for name in ("not_quant", "use_cache"):
+            if not isinstance(getattr(self, name), bool):
+                _bad_option(name, getattr(self, name), "True or False")
         if wd == "fp32":
             self.not_quant = True
-        if self.alg not in _ALGS:
-            raise ValueError(f"unknown alg {self.alg!r}; choose 'sym' or 'asym'")
-        if self.compute_dtype not in _COMPUTE_DTYPES:
-            raise ValueError(f"unknown compute_dtype {self.compute_dtype!r}; choose int8, fp32 or bf16")
-        if self.scale_dtype not in _SCALE_DTYPES:
-            raise ValueError(f"unknown scale_dtype {self.scale_dtype!r}; choose fp32, bf16 or fp16")
-        g = int(self.group_size)
-        if g != -1 and (g <= 0 or g % 32):
-            raise ValueError(f"group_size must be -1 (per channel) or a positive multiple of 32, got {self.group_size}")
-        self.group_size = g
-        if self.activation_precision not in ("int8", "auto", "high"):
-            raise ValueError(f"unknown activation_precision {self.activation_precision!r}; choose int8, auto or high")
-        if self.head_compute_dtype is not None and self.head_compute_dtype not in _COMPUTE_DTYPES:
-            raise ValueError(f"unknown head_compute_dtype {self.head_compute_dtype!r}; choose int8, fp32 or bf16")
-        if self.head_weight_dtype is not None and _WEIGHT_DTYPES.get(self.head_weight_dtype) not in ("int4", "int8", "fp32"):
-            raise ValueError(f"unknown head_weight_dtype {self.head_weight_dtype!r}")
+        for name, allowed, optional in (("alg", _ALGS, False), ("compute_dtype", _COMPUTE_DTYPES, False),
+                                        ("scale_dtype", _SCALE_DTYPES, False),
+                                        ("activation_precision", _ACTIVATION_PRECISIONS, False),
+                                        ("head_compute_dtype", _COMPUTE_DTYPES, True),
+                                        ("head_weight_dtype", _WEIGHT_DTYPES, True)):
+            value = getattr(self, name)
+            if not (optional and value is None) and not (isinstance(value, str) and value in allowed):
+                _bad_option(name, value, ", ".join(sorted(allowed)) + (" or None" if optional else ""))
+        g = self.group_size
+        if isinstance(g, bool) or not isinstance(g, Integral) or (g != -1 and (g <= 0 or g % 32)):
+            _bad_option("group_size", g, "-1 (per channel) or a positive multiple of 32")
+        self.group_size = int(g)
 
     @property
     def head_dtype(self) -> str:
@@ -194,8 +288,13 @@ class WeightOnlyQuantConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "WeightOnlyQuantConfig":
+        """The config of a to_dict() (or a user's dict); an unknown key is refused, not dropped."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        unknown = sorted(str(k) for k in d if k not in names)
+        if unknown:
+            raise InvalidArgumentError(f"WeightOnlyQuantConfig has no option {', '.join(unknown)}; "
+                                       f"its options are {', '.join(sorted(names))}")
+        return cls(**d)
 
     def weights_key(self) -> str:
         """Identity of the stored weights (compute dtype and caching do not change the file)."""

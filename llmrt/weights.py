@@ -3,6 +3,7 @@ then fuse QKV / gate-up rows and hand kernel-layout arrays to the Cython engine.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -12,10 +13,13 @@ from llmrt._core.engine import Engine
 from llmrt._core.layer import Layer
 from llmrt._kernels._ops import Linear
 from llmrt.config import ModelConfig, WeightOnlyQuantConfig
+from llmrt.errors import ConfigError, InvalidArgumentError, LlmrtError, ModelFileError
 from llmrt.formats import KernelWeights, QuantFormat
 
 # tensors that are matrices of a linear layer (quantizable)
 _LINEAR = re.compile(r"(layers\.\d+\.(q|k|v|qkv|attn_out|gate|up|mlp_in|mlp_out)|project_in|project_out)\.weight")
+
+_LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 
 Stored = tuple[np.ndarray, "QuantFormat | None"]
 
@@ -34,8 +38,8 @@ def storage_format(name: str, arr: np.ndarray, cfg: ModelConfig, q: WeightOnlyQu
             return None          # the int8 kernels work in blocks of 32 inputs
         group = q.group_size if q.group_size != -1 else -1
         if group != -1 and arr.shape[1] % group:
-            raise ValueError(f"group_size {group} does not divide the {arr.shape[1]} inputs of {name}; "
-                             f"choose a group size that divides it or -1 (per channel)")
+            raise InvalidArgumentError(f"group_size {group} does not divide the {arr.shape[1]} inputs of {name}; "
+                                       f"choose a group size that divides it or -1 (per channel)")
         return QuantFormat(q.weight_dtype, q.alg, group, q.scale_dtype)
     return None
 
@@ -99,7 +103,8 @@ def _bias(t: Mapping[str, Stored], *names: str) -> np.ndarray | None:
     if not present:
         return None
     if len(present) != len(names):
-        raise ValueError(f"some but not all of {names} have biases")
+        raise ModelFileError(f"the checkpoint has biases for some but not all of {', '.join(names)}; "
+                             f"it may be truncated or of another architecture")
     return np.concatenate([np.asarray(p, np.float32).reshape(-1) for p in present])
 
 
@@ -107,13 +112,39 @@ def _need(t: Mapping[str, Stored], name: str) -> Stored:
     try:
         return t[name]
     except KeyError:
-        raise ValueError(f"the checkpoint has no weight for {name!r}; it may be truncated or of another architecture") from None
+        raise ModelFileError(f"the checkpoint has no weight for {name!r}; it may be truncated or of another "
+                             f"architecture") from None
 
 
 def _dense(t: Mapping[str, Stored], name: str) -> np.ndarray | None:
     if name not in t:
         return None
     return np.asarray(t[name][0], dtype=np.float32)
+
+
+def _check_against_config(cfg: ModelConfig, t: Mapping[str, Stored]) -> None:
+    """The weights agree with the config on the number of layers and on the head."""
+    layers = {int(m.group(1)) for m in map(_LAYER_INDEX.match, t) if m}
+    found = max(layers) + 1 if layers else 0
+    if found != cfg.num_layers:
+        raise ConfigError(f"the config declares {cfg.num_layers} layers (num_hidden_layers / block_count) but the "
+                          f"checkpoint has tensors for {found}; the config does not belong to these weights")
+    if not cfg.tie_word_embeddings and "lm_head.weight" not in t:
+        raise ModelFileError("the checkpoint has no output head (lm_head.weight) although the config says it is "
+                             "not tied to the embedding (tie_word_embeddings false); it may be truncated, or set "
+                             "tie_word_embeddings true if the model reuses its embedding")
+
+
+@contextmanager
+def _mismatch_is_config_error() -> Iterator[None]:
+    """Shape checks of the Cython layers raise plain ValueErrors: here they mean the checkpoint does
+    not fit its config."""
+    try:
+        yield
+    except ValueError as exc:
+        if isinstance(exc, LlmrtError):
+            raise
+        raise ConfigError(f"the checkpoint does not fit its config: {exc}") from exc
 
 
 def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_compute: str | None = None,
@@ -123,7 +154,17 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
                  ) -> Engine:
     """The engine of a model from its stored tensors.  release(arrays), if given, is called with the
     stored arrays of each part once its Linears are built (mapped files give their pages back);
-    row_release(planes) (formats.row_release) sets up the row-wise release of an untied embedding."""
+    row_release(planes) (formats.row_release) sets up the row-wise release of an untied embedding.
+    The config is validated here, the one place every load path (HF, GGUF, .llmrt) goes through."""
+    cfg.validate()
+    _check_against_config(cfg, t)
+    with _mismatch_is_config_error():
+        return _build_engine(cfg, t, compute, head_compute, two_pass, max_chunk, release, row_release)
+
+
+def _build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_compute: str | None, two_pass: str,
+                  max_chunk: int, release: Callable[[Iterable[np.ndarray]], None] | None,
+                  row_release: Callable[[list], tuple[Callable[[int, int], None], int] | None] | None) -> Engine:
     def done(prefix: str) -> None:
         if release is not None:
             release([a for name, (a, f) in t.items() if name.startswith(prefix) and f is not None])
@@ -132,7 +173,7 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
     # best taken while nothing else is resident
     embed_w = fuse_rows([_need(t, "embed")])
     head_compute = head_compute or compute
-    untied = not cfg.tie_word_embeddings and "lm_head.weight" in t
+    untied = not cfg.tie_word_embeddings
     if not untied:
         lm_head = linear_from(embed_w, head_compute, _bias(t, "lm_head.bias"))
         # a tied embedding reads its rows from the head's panels (one copy of the matrix)
@@ -140,6 +181,8 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
     else:
         embed = linear_from(embed_w, compute, panels=False)   # read a row at a time: canonical layout
         lm_head = make_linear([t["lm_head.weight"]], head_compute, _bias(t, "lm_head.bias"))
+    if lm_head.n != cfg.vocab_size:
+        raise ConfigError(f"the output head has {lm_head.n} rows but the config's vocab_size is {cfg.vocab_size}")
     done("lm_head.")
     done("embed")
     layers = []
@@ -152,7 +195,8 @@ def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_c
                               _bias(t, p + "q.bias", p + "k.bias", p + "v.bias"))
         attn_out = make_linear([_need(t, p + "attn_out.weight")], compute, _bias(t, p + "attn_out.bias"))
         if cfg.mlp == "gated_silu":
-            mlp_in = make_linear([_need(t, p + "gate.weight"), _need(t, p + "up.weight")], compute)
+            mlp_in = make_linear([_need(t, p + "gate.weight"), _need(t, p + "up.weight")], compute,
+                                 _bias(t, p + "gate.bias", p + "up.bias"))
         else:
             mlp_in = make_linear([_need(t, p + "mlp_in.weight")], compute, _bias(t, p + "mlp_in.bias"))
         mlp_out = make_linear([_need(t, p + "mlp_out.weight")], compute, _bias(t, p + "mlp_out.bias"))

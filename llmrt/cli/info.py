@@ -64,7 +64,7 @@ def _hf(path: Path) -> dict:
     from llmrt.models import family_for_hf
 
     hf = read_hf_config(path)
-    cfg = family_for_hf(hf["model_type"]).config_from_hf(hf)
+    cfg = family_for_hf(hf["model_type"]).config_from_hf(hf, path / "config.json")
     q = WeightOnlyQuantConfig()          # what Model.from_pretrained quantizes to unless told otherwise
     itemsize = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
                 "int8": 1, "uint8": 1, "bool": 1}
@@ -100,7 +100,7 @@ def _gguf(path: Path) -> dict:
     arch = meta.get("general.architecture")
     if arch is None:
         raise UserError(f"{path}: GGUF metadata has no general.architecture; the file is damaged or not a model")
-    cfg = family_for_gguf(arch).config_from_gguf(dict(meta, __tensor_names__=tuple(gg.tensor_names)))
+    cfg = family_for_gguf(arch).config_from_gguf(dict(meta, __tensor_names__=tuple(gg.tensor_names)), path)
     entries, unsupported = [], []
     for name in gg.tensor_names:
         info = gg.tensor_info[name]

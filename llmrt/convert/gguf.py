@@ -80,7 +80,7 @@ def convert_to_gguf(model_dir: str | os.PathLike, outfile: str | os.PathLike, ou
     model_dir, outfile = Path(model_dir), Path(outfile)
     hf = read_hf_config(model_dir)
     family = family_for_hf(hf["model_type"])
-    cfg = family.config_from_hf(hf)
+    cfg = family.config_from_hf(hf, model_dir / "config.json")
     layout = gguf_layout(cfg)
     meta = layout.metadata(cfg)                      # raises for what GGUF cannot express
     lora = None

@@ -120,7 +120,7 @@ def _to_llmrt(src: Path, kind: str, out: Path, q: WeightOnlyQuantConfig, nthread
 
             hf = read_hf_config(src)
             family = family_for_hf(hf["model_type"])
-            config = family.config_from_hf(hf)
+            config = family.config_from_hf(hf, Path(src) / "config.json")
             source = _Source("hf", str(src), formats.checkpoint_identity(src), {"model_type": hf["model_type"]})
             ckpt = formats.Checkpoint(src)
             total = len(ckpt)
@@ -129,7 +129,7 @@ def _to_llmrt(src: Path, kind: str, out: Path, q: WeightOnlyQuantConfig, nthread
             gg = formats.GGUFFile(src)
             arch = gg.metadata.get("general.architecture")
             family = family_for_gguf(arch)
-            config = family.config_from_gguf(dict(gg.metadata, __tensor_names__=tuple(gg.tensor_names)))
+            config = family.config_from_gguf(dict(gg.metadata, __tensor_names__=tuple(gg.tensor_names)), src)
             source = _Source("gguf", str(src), gg.identity(), {"architecture": arch})
             total = len(gg)
             stream = ((n, _dense(n, a, f, src)) for n, a, f in family.map_gguf_tensors(config, gg.iter_tensors()))

@@ -2,9 +2,12 @@
 (the ALiBi paper's slopes, added after the softmax scale), tanh GELU MLP, head tied."""
 from __future__ import annotations
 
+from typing import Mapping
+
 from llmrt.config import ModelConfig
-from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, Family, gguf_shape_fields, heads_to_blocks,
-                               hf_get, hf_shared_fields, register, rename_tensors, weight_and_bias)
+from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, Family, field_float, field_size, gguf_arch,
+                               gguf_norm_eps, gguf_shape_fields, head_dim_of, heads_to_blocks, hf_shared_fields,
+                               refuse_flags, register, rename_tensors, weight_and_bias)
 
 _LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight", "input_layernorm.bias": "attn_norm.bias",
@@ -29,18 +32,16 @@ class Bloom(Family):
     gguf_architectures = ("bloom",)
 
     @classmethod
-    def config_from_hf(cls, hf: dict) -> ModelConfig:
-        if hf.get("apply_residual_connection_post_layernorm"):
-            raise ValueError("BLOOM with apply_residual_connection_post_layernorm=True is not supported")
-        hidden = hf_get(hf, "hidden_size", "n_embed")
-        n_head = hf_get(hf, "num_attention_heads", "n_head")
+    def hf_to_config(cls, hf: Mapping) -> ModelConfig:
+        refuse_flags(hf, cls.name, {"apply_residual_connection_post_layernorm": False})
+        hidden, n_head = field_size(hf, "hidden_size", "n_embed"), field_size(hf, "num_attention_heads", "n_head")
         return ModelConfig(
-            family=cls.name, vocab_size=hf["vocab_size"], hidden_size=hidden,
-            num_layers=hf_get(hf, "num_hidden_layers", "n_layer"), num_heads=n_head, num_kv_heads=n_head,
-            head_dim=hidden // n_head, intermediate_size=4 * hidden, norm="layer",
-            norm_eps=float(hf_get(hf, "layer_norm_epsilon", default=1e-5)), mlp="gelu_tanh", positions="alibi",
-            alibi="bloom",
-            max_position_embeddings=int(hf_get(hf, "seq_length", "max_position_embeddings", default=2048)),
+            family=cls.name, vocab_size=field_size(hf, "vocab_size"), hidden_size=hidden,
+            num_layers=field_size(hf, "num_hidden_layers", "n_layer"), num_heads=n_head, num_kv_heads=n_head,
+            head_dim=head_dim_of(hidden, n_head, "hidden_size", "n_head"), intermediate_size=4 * hidden, norm="layer",
+            norm_eps=field_float(hf, "layer_norm_epsilon", default=1e-5, positive=True), mlp="gelu_tanh",
+            positions="alibi", alibi="bloom",
+            max_position_embeddings=field_size(hf, "seq_length", "max_position_embeddings", default=2048),
             **hf_shared_fields(hf, tie_default=True))
 
     @classmethod
@@ -51,11 +52,10 @@ class Bloom(Family):
                                   convert=convert)
 
     @classmethod
-    def config_from_gguf(cls, meta: dict) -> ModelConfig:
-        a = meta["general.architecture"]
+    def gguf_to_config(cls, meta: Mapping) -> ModelConfig:
         return ModelConfig(
-            family=cls.name, norm="layer", norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)),
-            mlp="gelu_tanh", positions="alibi", alibi="bloom", **gguf_shape_fields(meta))
+            family=cls.name, norm="layer", norm_eps=gguf_norm_eps(meta, gguf_arch(meta)), mlp="gelu_tanh",
+            positions="alibi", alibi="bloom", **gguf_shape_fields(meta))
 
     @classmethod
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors):

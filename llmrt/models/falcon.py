@@ -8,19 +8,23 @@ Layouts (transformers' FalconModel):
   before the softmax scale (so the slopes are scaled with them)."""
 from __future__ import annotations
 
-from llmrt.config import ModelConfig
-from llmrt.models.base import (GGUF_MODEL_NAMES, Family, gguf_shape_fields, groups_to_blocks, heads_to_blocks,
-                               hf_activation, hf_get, hf_shared_fields, register, rename_tensors, rope_scaling_of,
-                               rope_theta_of, weight_and_bias)
+from typing import Mapping
 
-_LAYER_NAMES = {
-    "self_attention.query_key_value.weight": "qkv.weight", "self_attention.query_key_value.bias": "qkv.bias",
-    "self_attention.dense.weight": "attn_out.weight", "self_attention.dense.bias": "attn_out.bias",
-    "mlp.dense_h_to_4h.weight": "mlp_in.weight", "mlp.dense_h_to_4h.bias": "mlp_in.bias",
-    "mlp.dense_4h_to_h.weight": "mlp_out.weight", "mlp.dense_4h_to_h.bias": "mlp_out.bias",
-    **weight_and_bias([("input_layernorm", "attn_norm"), ("ln_attn", "attn_norm"), ("ln_mlp", "mlp_norm"),
-                       ("post_attention_layernorm", "mlp_norm")]),
-}
+from llmrt.config import ModelConfig
+from llmrt.errors import UnsupportedError
+from llmrt.models.base import (GGUF_MODEL_NAMES, Family, activation_of, field_bool, field_float, field_size, gguf_arch,
+                               gguf_norm_eps, gguf_rope_scaling, gguf_shape_fields, gguf_tensor_names,
+                               groups_to_blocks, head_dim_of, heads_to_blocks, hf_shared_fields, register, rename_tensors, require_full_rotary,
+                               rope_scaling_of, rope_theta_of, weight_and_bias)
+
+_LINEAR_NAMES = [("self_attention.query_key_value", "qkv"), ("self_attention.dense", "attn_out"),
+                 ("mlp.dense_h_to_4h", "mlp_in"), ("mlp.dense_4h_to_h", "mlp_out")]
+# LayerNorms always have biases; the linear layers only with the config's bias (transformers
+# ignores bias tensors otherwise)
+_NORM_NAMES = weight_and_bias([("input_layernorm", "attn_norm"), ("ln_attn", "attn_norm"), ("ln_mlp", "mlp_norm"),
+                               ("post_attention_layernorm", "mlp_norm")])
+_LAYER_NAMES = {**_NORM_NAMES, **{f"{a}.weight": f"{b}.weight" for a, b in _LINEAR_NAMES}}
+_LAYER_NAMES_BIAS = {**_NORM_NAMES, **weight_and_bias(_LINEAR_NAMES)}
 _GLOBAL_NAMES = {"word_embeddings.weight": "embed", "ln_f.weight": "final_norm.weight", "ln_f.bias": "final_norm.bias",
                  "lm_head.weight": "lm_head.weight"}
 
@@ -31,21 +35,22 @@ _GGUF_ONE_NORM = weight_and_bias([("attn_norm", "attn_norm")])
 _GGUF_TWO_NORMS = weight_and_bias([("attn_norm_2", "attn_norm"), ("attn_norm", "mlp_norm")])
 
 
-def _layout(hf: dict) -> tuple[int, str, str]:
+def _layout(hf: Mapping, n_head: int) -> tuple[int, str, str]:
     """(KV heads, QKV row layout, residual) of an HF Falcon config (RefinedWeb names included)."""
-    n_head = hf_get(hf, "num_attention_heads", "n_head")
-    if hf.get("new_decoder_architecture"):
-        if not hf.get("parallel_attn", True):
-            raise ValueError("Falcon's new decoder architecture with parallel_attn=False does not exist "
-                             "in transformers")
-        n_ln = hf.get("num_ln_in_parallel_attn") or 2
-        return (hf_get(hf, "num_kv_heads", "n_head_kv", default=n_head), "groups",
+    parallel = field_bool(hf, "parallel_attn", default=True)
+    if field_bool(hf, "new_decoder_architecture", default=False):
+        if not parallel:
+            raise UnsupportedError("Falcon's new decoder architecture with parallel_attn=False does not exist "
+                                   "in transformers")
+        # transformers: two norms when num_ln_in_parallel_attn is 2 (or unset), else one
+        n_ln = field_size(hf, "num_ln_in_parallel_attn", default=2)
+        return (field_size(hf, "num_kv_heads", "n_head_kv", default=n_head), "groups",
                 "parallel" if n_ln == 2 else "parallel_shared_norm")
-    if hf.get("multi_query", True):
+    if field_bool(hf, "multi_query", default=True):
         kv, qkv = 1, "blocks"
     else:
         kv, qkv = n_head, "heads"
-    return kv, qkv, "parallel_shared_norm" if hf.get("parallel_attn", True) else "sequential"
+    return kv, qkv, "parallel_shared_norm" if parallel else "sequential"
 
 
 @register
@@ -55,22 +60,23 @@ class Falcon(Family):
     gguf_architectures = ("falcon",)
 
     @classmethod
-    def config_from_hf(cls, hf: dict) -> ModelConfig:
-        hidden = hf_get(hf, "hidden_size", "n_embd")
-        n_head = hf_get(hf, "num_attention_heads", "n_head")
-        head_dim = hidden // n_head
-        n_kv, qkv, residual = _layout(hf)
-        alibi = bool(hf.get("alibi", False))
+    def hf_to_config(cls, hf: Mapping) -> ModelConfig:
+        require_full_rotary(hf, cls.name)
+        hidden, n_head = field_size(hf, "hidden_size", "n_embd"), field_size(hf, "num_attention_heads", "n_head")
+        head_dim = head_dim_of(hidden, n_head, "hidden_size", "num_attention_heads")
+        n_kv, qkv, residual = _layout(hf, n_head)
+        alibi = field_bool(hf, "alibi", default=False)
         return ModelConfig(
-            family=cls.name, vocab_size=hf["vocab_size"], hidden_size=hidden,
-            num_layers=hf_get(hf, "num_hidden_layers", "n_layer"), num_heads=n_head, num_kv_heads=n_kv,
-            head_dim=head_dim, intermediate_size=hf_get(hf, "ffn_hidden_size", default=4 * hidden), norm="layer",
-            norm_eps=float(hf_get(hf, "layer_norm_epsilon", default=1e-5)),
-            mlp=hf_activation(cls.name, hf.get("activation", "gelu")), residual=residual,
+            family=cls.name, vocab_size=field_size(hf, "vocab_size"), hidden_size=hidden,
+            num_layers=field_size(hf, "num_hidden_layers", "n_layer"), num_heads=n_head, num_kv_heads=n_kv,
+            head_dim=head_dim, intermediate_size=field_size(hf, "ffn_hidden_size", default=4 * hidden), norm="layer",
+            norm_eps=field_float(hf, "layer_norm_epsilon", default=1e-5, positive=True),
+            mlp=activation_of(cls.name, hf, "activation", default="gelu"), residual=residual,
             positions="alibi" if alibi else "rotary", alibi="falcon", rotary_dim=0 if alibi else head_dim,
-            rope_theta=rope_theta_of(hf), rope_scaling=rope_scaling_of(hf),
-            max_position_embeddings=int(hf_get(hf, "max_position_embeddings", default=2048)),
-            extra={"qkv_layout": qkv}, **hf_shared_fields(hf, tie_default=True))
+            rope_theta=rope_theta_of(hf), rope_scaling=None if alibi else rope_scaling_of(hf),
+            max_position_embeddings=field_size(hf, "max_position_embeddings", default=2048),
+            extra={"qkv_layout": qkv, "bias": field_bool(hf, "bias", default=False)},
+            **hf_shared_fields(hf, tie_default=True))
 
     @classmethod
     def map_hf_tensors(cls, cfg: ModelConfig, tensors):
@@ -82,18 +88,20 @@ class Falcon(Family):
             if layout == "heads":
                 return heads_to_blocks(arr, cfg.num_heads, cfg.head_dim)
             return groups_to_blocks(arr, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-        yield from rename_tensors(cls.name, cfg, tensors, _LAYER_NAMES, _GLOBAL_NAMES, prefix="transformer.",
+        names = _LAYER_NAMES_BIAS if cfg.extra.get("bias", True) else _LAYER_NAMES
+        yield from rename_tensors(cls.name, cfg, tensors, names, _GLOBAL_NAMES, prefix="transformer.",
                                   convert=convert)
 
     @classmethod
-    def config_from_gguf(cls, meta: dict) -> ModelConfig:
-        a = meta["general.architecture"]
-        two_norms = any(n.endswith(".attn_norm_2.weight") for n in meta.get("__tensor_names__", ()))
+    def gguf_to_config(cls, meta: Mapping) -> ModelConfig:
+        a = gguf_arch(meta)
+        two_norms = any(n.endswith(".attn_norm_2.weight") for n in gguf_tensor_names(meta))
         shape = gguf_shape_fields(meta, kv_default=1)
         return ModelConfig(
-            family=cls.name, norm="layer", norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)),
-            mlp="gelu", residual="parallel" if two_norms else "parallel_shared_norm", rotary_dim=shape["head_dim"],
-            rope_theta=float(meta.get(f"{a}.rope.freq_base", 10000.0)), **shape)
+            family=cls.name, norm="layer", norm_eps=gguf_norm_eps(meta, a), mlp="gelu",
+            residual="parallel" if two_norms else "parallel_shared_norm", rotary_dim=shape["head_dim"],
+            rope_theta=field_float(meta, f"{a}.rope.freq_base", default=10000.0, positive=True),
+            rope_scaling=gguf_rope_scaling(meta, a), **shape)
 
     @classmethod
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors):

@@ -2,9 +2,12 @@
 head; MHA: per head [q_h, k_h, v_h]), LayerNorm, tanh GELU MLP, biases everywhere, head tied."""
 from __future__ import annotations
 
+from typing import Mapping
+
 from llmrt.config import ModelConfig
-from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, Family, gguf_shape_fields, heads_to_blocks,
-                               hf_activation, hf_get, hf_shared_fields, register, rename_tensors)
+from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, Family, activation_of, field_bool, field_float,
+                               field_size, gguf_arch, gguf_norm_eps, gguf_shape_fields, head_dim_of, heads_to_blocks,
+                               hf_shared_fields, refuse_flags, register, rename_tensors)
 
 _LAYER_NAMES = {
     "ln_1.weight": "attn_norm.weight", "ln_1.bias": "attn_norm.bias",
@@ -27,19 +30,19 @@ class GPTBigCode(Family):
     gguf_architectures = ("starcoder",)
 
     @classmethod
-    def config_from_hf(cls, hf: dict) -> ModelConfig:
-        hidden = hf_get(hf, "hidden_size", "n_embd")
-        n_head = hf_get(hf, "num_attention_heads", "n_head")
-        head_dim = hidden // n_head
+    def hf_to_config(cls, hf: Mapping) -> ModelConfig:
+        refuse_flags(hf, cls.name, {"add_cross_attention": False})
+        hidden, n_head = field_size(hf, "hidden_size", "n_embd"), field_size(hf, "num_attention_heads", "n_head")
         return ModelConfig(
-            family=cls.name, vocab_size=hf["vocab_size"], hidden_size=hidden,
-            num_layers=hf_get(hf, "num_hidden_layers", "n_layer"), num_heads=n_head,
-            num_kv_heads=1 if hf.get("multi_query", True) else n_head, head_dim=head_dim,
-            intermediate_size=hf_get(hf, "n_inner", default=4 * hidden), norm="layer",
-            norm_eps=float(hf_get(hf, "layer_norm_epsilon", default=1e-5)),
-            mlp=hf_activation(cls.name, hf.get("activation_function", "gelu_pytorch_tanh")), positions="learned",
-            attn_scale=None if hf.get("scale_attn_weights", True) else 1.0,
-            max_position_embeddings=int(hf_get(hf, "max_position_embeddings", "n_positions", default=2048)),
+            family=cls.name, vocab_size=field_size(hf, "vocab_size"), hidden_size=hidden,
+            num_layers=field_size(hf, "num_hidden_layers", "n_layer"), num_heads=n_head,
+            num_kv_heads=1 if field_bool(hf, "multi_query", default=True) else n_head,
+            head_dim=head_dim_of(hidden, n_head, "n_embd", "n_head"),
+            intermediate_size=field_size(hf, "n_inner", default=4 * hidden), norm="layer",
+            norm_eps=field_float(hf, "layer_norm_epsilon", default=1e-5, positive=True),
+            mlp=activation_of(cls.name, hf, "activation_function", default="gelu_pytorch_tanh"), positions="learned",
+            attn_scale=None if field_bool(hf, "scale_attn_weights", default=True) else 1.0,
+            max_position_embeddings=field_size(hf, "max_position_embeddings", "n_positions", default=2048),
             **hf_shared_fields(hf, tie_default=True))
 
     @classmethod
@@ -48,14 +51,13 @@ class GPTBigCode(Family):
             mha = cfg.num_kv_heads == cfg.num_heads and ".qkv." in internal
             return heads_to_blocks(arr, cfg.num_heads, cfg.head_dim) if mha else arr
         yield from rename_tensors(cls.name, cfg, tensors, _LAYER_NAMES, _GLOBAL_NAMES, prefix="transformer.",
-                                  skip=("attn.masked_bias",), convert=convert)
+                                  skip=("attn.bias", "attn.masked_bias"), convert=convert)
 
     @classmethod
-    def config_from_gguf(cls, meta: dict) -> ModelConfig:
-        a = meta["general.architecture"]
+    def gguf_to_config(cls, meta: Mapping) -> ModelConfig:
         return ModelConfig(
-            family=cls.name, norm="layer", norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)),
-            mlp="gelu_tanh", positions="learned", **gguf_shape_fields(meta, kv_default=1))
+            family=cls.name, norm="layer", norm_eps=gguf_norm_eps(meta, gguf_arch(meta)), mlp="gelu_tanh",
+            positions="learned", **gguf_shape_fields(meta, kv_default=1))
 
     @classmethod
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors):

@@ -2,10 +2,14 @@
 parallel residual (on or off), GELU MLP, fused per-head QKV."""
 from __future__ import annotations
 
+from typing import Mapping
+
 from llmrt.config import ModelConfig
-from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, HF_ACTIVATIONS, Family, Tensors,
-                               gguf_shared_fields, heads_to_blocks, hf_activation, hf_get, register, rename_tensors,
-                               rope_scaling_of, rope_theta_of)
+from llmrt.errors import ConfigError
+from llmrt.models.base import (GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES, Family, Tensors, activation_of, field_bool,
+                               field_dict, field_float, field_int, field_size, gguf_arch, gguf_norm_eps,
+                               gguf_rope_scaling, gguf_shape_fields, head_dim_of, heads_to_blocks, hf_shared_fields,
+                               register, rename_tensors, rope_scaling_of, rope_theta_of)
 
 _LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
@@ -24,8 +28,10 @@ _LAYER_NAMES = {
 _GLOBAL = {"embed_in.weight": "embed", "final_layer_norm.weight": "final_norm.weight",
            "final_layer_norm.bias": "final_norm.bias", "embed_out.weight": "lm_head.weight",
            "lm_head.weight": "lm_head.weight"}   # transformers 5 state_dict name
-# buffers some checkpoints carry; recomputed here
-_SKIP = ("attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq")
+# the causal-mask buffers old checkpoints carry (transformers ignores them too)
+_SKIP = ("attention.bias", "attention.masked_bias")
+# the attention's biases, mapped only with attention_bias (transformers' default: on)
+_ATTN_BIASES = ("attention.query_key_value.bias", "attention.dense.bias")
 
 # llama.cpp's GGUF names (its converter already writes QKV as [Q; K; V] blocks, the engine's order)
 _GGUF_LAYER_NAMES, _GGUF_GLOBAL = GGUF_FUSED_BLOCK_NAMES, GGUF_MODEL_NAMES
@@ -40,70 +46,67 @@ class GPTNeoX(Family):
     gguf_architectures = ("gptneox",)
 
     @classmethod
-    def config_from_hf(cls, hf: dict) -> ModelConfig:
-        n_head = hf["num_attention_heads"]
-        hidden = hf["hidden_size"]
-        head_dim = hidden // n_head
-        params = hf.get("rope_parameters") or {}
-        pct = float(hf_get(hf, "rotary_pct", "partial_rotary_factor", default=params.get("partial_rotary_factor", 1.0)))
+    def hf_to_config(cls, hf: Mapping) -> ModelConfig:
+        n_head, hidden = field_size(hf, "num_attention_heads"), field_size(hf, "hidden_size")
+        head_dim = head_dim_of(hidden, n_head, "hidden_size", "num_attention_heads")
+        params = field_dict(hf, "rope_parameters") or {}
+        pct = field_float(hf, "rotary_pct", "partial_rotary_factor",
+                          default=field_float(params, "partial_rotary_factor", default=1.0), min_value=0.0)
         return ModelConfig(
             family=cls.name,
-            vocab_size=hf["vocab_size"],
+            vocab_size=field_size(hf, "vocab_size"),
             hidden_size=hidden,
-            num_layers=hf["num_hidden_layers"],
+            num_layers=field_size(hf, "num_hidden_layers"),
             num_heads=n_head,
             num_kv_heads=n_head,
             head_dim=head_dim,
-            intermediate_size=hf["intermediate_size"],
+            intermediate_size=field_size(hf, "intermediate_size"),
             norm="layer",
-            norm_eps=float(hf_get(hf, "layer_norm_eps", default=1e-5)),
-            mlp=hf_activation(cls.name, hf.get("hidden_act", "gelu")),
-            residual="parallel" if hf.get("use_parallel_residual", True) else "sequential",
-            rotary_dim=int(head_dim * pct),
-            rope_theta=rope_theta_of(hf, default=float(hf.get("rotary_emb_base", 10000.0))),
+            norm_eps=field_float(hf, "layer_norm_eps", default=1e-5, positive=True),
+            mlp=activation_of(cls.name, hf, "hidden_act", default="gelu"),
+            residual="parallel" if field_bool(hf, "use_parallel_residual", default=True) else "sequential",
+            rotary_dim=_rotary_dim(head_dim, pct),
+            rope_theta=rope_theta_of(hf, default=field_float(hf, "rotary_emb_base", default=10000.0, positive=True)),
             rope_scaling=rope_scaling_of(hf),
-            max_position_embeddings=int(hf_get(hf, "max_position_embeddings", default=2048)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
-            pad_token_id=hf.get("pad_token_id"),
+            max_position_embeddings=field_size(hf, "max_position_embeddings", default=2048),
+            extra={"attention_bias": field_bool(hf, "attention_bias", default=True)},
+            **hf_shared_fields(hf, tie_default=False),
         )
 
     @classmethod
     def map_hf_tensors(cls, cfg: ModelConfig, tensors: Tensors) -> Tensors:
         def convert(internal: str, arr):
             return heads_to_blocks(arr, cfg.num_heads, cfg.head_dim) if ".qkv." in internal else arr
-        yield from rename_tensors(cls.name, cfg, tensors, _LAYER_NAMES, _GLOBAL, prefix="gpt_neox.", skip=_SKIP,
+        names = _LAYER_NAMES if cfg.extra.get("attention_bias", True) else \
+            {k: v for k, v in _LAYER_NAMES.items() if k not in _ATTN_BIASES}
+        yield from rename_tensors(cls.name, cfg, tensors, names, _GLOBAL, prefix="gpt_neox.", skip=_SKIP,
                                   convert=convert)
 
     @classmethod
-    def config_from_gguf(cls, meta: dict) -> ModelConfig:
-        a = meta["general.architecture"]
-        n_head = int(meta[f"{a}.attention.head_count"])
-        hidden = int(meta[f"{a}.embedding_length"])
-        vocab = meta.get(f"{a}.vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
-        act = meta.get(GGUF_ACT_KEY, "gelu")
-        if act not in HF_ACTIVATIONS:
-            raise ValueError(f"unsupported {GGUF_ACT_KEY} {act!r} in a gptneox GGUF file")
+    def gguf_to_config(cls, meta: Mapping) -> ModelConfig:
+        a = gguf_arch(meta)
+        shape = gguf_shape_fields(meta)
         return ModelConfig(
             family=cls.name,
-            vocab_size=int(vocab),
-            hidden_size=hidden,
-            num_layers=int(meta[f"{a}.block_count"]),
-            num_heads=n_head,
-            num_kv_heads=n_head,
-            head_dim=hidden // n_head,
-            intermediate_size=int(meta[f"{a}.feed_forward_length"]),
             norm="layer",
-            norm_eps=float(meta.get(f"{a}.attention.layer_norm_epsilon", 1e-5)),
-            mlp=HF_ACTIVATIONS[act],
-            residual="parallel" if meta.get(f"{a}.use_parallel_residual", True) else "sequential",
-            rotary_dim=int(meta.get(f"{a}.rope.dimension_count", hidden // n_head)),
-            rope_theta=float(meta.get(f"{a}.rope.freq_base", 10000.0)),
-            max_position_embeddings=int(meta.get(f"{a}.context_length", 2048)),
-            **gguf_shared_fields(meta),
+            norm_eps=gguf_norm_eps(meta, a),
+            mlp=activation_of(f"a {a} GGUF file", meta, GGUF_ACT_KEY, default="gelu"),
+            residual="parallel" if field_bool(meta, f"{a}.use_parallel_residual", default=True) else "sequential",
+            rotary_dim=field_int(meta, f"{a}.rope.dimension_count", default=shape["head_dim"], min_value=0),
+            rope_theta=field_float(meta, f"{a}.rope.freq_base", default=10000.0, positive=True),
+            rope_scaling=gguf_rope_scaling(meta, a),
+            **shape,
         )
 
     @classmethod
     def map_gguf_tensors(cls, cfg: ModelConfig, tensors):
         yield from rename_tensors("gptneox GGUF", cfg, tensors, _GGUF_LAYER_NAMES, _GGUF_GLOBAL)
+
+
+def _rotary_dim(head_dim: int, pct: float) -> int:
+    """transformers' int(head_dim * rotary_pct), which must be even (pairs of features rotate)."""
+    rot = int(head_dim * pct) if 0 <= pct <= 1 else -1
+    if rot < 0 or rot % 2:
+        raise ConfigError(f"rotary_pct {pct} gives {rot} rotary features of the {head_dim} per head; it must "
+                          f"be from 0 to 1 and give an even number")
+    return rot
