@@ -3,7 +3,7 @@ ValueError it derives from) and know the message names the file, field or argume
 what to do about it."""
 from __future__ import annotations
 
-__all__ = ["LlmrtError", "ModelFileError", "ConfigError", "UnsupportedError", "InvalidArgumentError",
+__all__ = ["LlmrtError", "ModelFileError", "MissingFileError", "ConfigError", "UnsupportedError", "InvalidArgumentError",
            "NonFiniteLogitsError"]
 
 
@@ -14,6 +14,11 @@ class LlmrtError(ValueError):
 class ModelFileError(LlmrtError):
     """A model or checkpoint file is malformed: wrong magic, unsupported version, truncated,
     corrupt header, checksum mismatch, overlapping or misaligned tensor data, a missing tensor."""
+
+
+class MissingFileError(ModelFileError, FileNotFoundError):
+    """A file a model needs is missing (config.json, a weight file, a shard its index lists).  Also a
+    FileNotFoundError, for callers that already catch that."""
 
 
 class ConfigError(LlmrtError):

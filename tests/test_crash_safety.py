@@ -85,6 +85,9 @@ def test_sigkill_during_save_to_a_new_path(source, tmp_path, stage):
     target = tmp_path / "new.llmrt"
     _run_and_kill([str(source), str(target), "save", "-"], stage)
     assert not target.exists()
+    (orphan,) = tmp_path.glob("new.llmrt.*.tmp")        # the killed writer's temporary file
+    AutoModelForCausalLM.from_pretrained(source, use_cache=False).save(target)
+    assert Model.load(target) and not orphan.exists()   # the next writer removed it
 
 
 @pytest.mark.parametrize("stage", ["tensor7", "replace"])

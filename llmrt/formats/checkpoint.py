@@ -12,6 +12,7 @@ tensor at a time is ever converted (bf16 -> float32).  ``.bin`` files go through
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +22,7 @@ import numpy as np
 from llmrt.errors import UnsupportedError
 from llmrt.formats import _identity
 from llmrt.formats.blocks import bf16_bits_to_fp32
-from llmrt.formats.errors import file_error
+from llmrt.formats.errors import file_error, missing_file_error
 
 __all__ = ["Checkpoint", "iter_checkpoint", "list_checkpoint_tensors", "read_tensor", "checkpoint_identity"]
 
@@ -52,12 +53,49 @@ def _import_torch(path: Path):
 
 
 # ---------------------------------------------------------------- safetensors
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _is_index(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# far above any real tensor, and inside what NumPy can shape (a zero-size array of dims 2**63 cannot be made)
+_MAX_DIMS, _MAX_DIM = 8, 1 << 48
+
+
+def _is_shape(shape: Any) -> bool:
+    return isinstance(shape, list) and len(shape) <= _MAX_DIMS and all(_is_index(d) and d < _MAX_DIM for d in shape)
+
+
+_DAMAGED = "the file is damaged; download it again"
+
+
 class _SafetensorsFile:
     """Header of one .safetensors file plus lazy zero-copy views of its tensors."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         size = path.stat().st_size
+        header, n = self._read_header(path, size)
+        self.data_start = 8 + n
+        self.header_end = 8 + n
+        self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name, e in header.items():
+            if name != "__metadata__":
+                self.entries[name] = self._entry(name, e, size - self.data_start)
+        self._check_overlaps()
+        self._mm: np.memmap | None = None
+
+    @staticmethod
+    def _read_header(path: Path, size: int) -> tuple[dict, int]:
+        """The JSON header (an object, no duplicate keys) and its length."""
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
@@ -72,34 +110,43 @@ class _SafetensorsFile:
                                  "the download was cut short; download it again")
             hdr = f.read(n)
         try:
-            header = json.loads(hdr)
+            header = json.loads(hdr, object_pairs_hook=_no_duplicate_keys)
             if not isinstance(header, dict):
-                raise ValueError("the header is not a JSON object")
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise file_error(path, f"has a corrupt safetensors header ({exc})",
-                             "the file is damaged; download it again") from None
-        header.pop("__metadata__", None)
-        self.data_start = 8 + n
-        self.header_end = 8 + n
-        self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
-        for name, e in header.items():
-            try:
-                dtype, shape = e["dtype"], tuple(int(s) for s in e["shape"])
-                begin, end = (int(v) for v in e["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise file_error(path, f"has a corrupt header entry for tensor {name!r}: {e!r}",
-                                 "the file is damaged; download it again") from None
-            if dtype in _ST_DTYPES:
-                want = int(np.prod(shape, dtype=np.int64)) * np.dtype(_ST_DTYPES[dtype]).itemsize
-                if end - begin != want or begin < 0:
-                    raise file_error(path, f"has inconsistent offsets for tensor {name!r} ({dtype} {list(shape)} "
-                                     f"needs {want} bytes, header says [{begin}, {end}))",
-                                     "the file is damaged; download it again")
-            if self.data_start + end > size:
-                raise file_error(path, f"is truncated: tensor {name!r} ends at byte {self.data_start + end} "
-                                 f"but the file has {size} bytes", "the download was cut short; download it again")
-            self.entries[name] = (dtype, shape, begin, end)
-        self._mm: np.memmap | None = None
+                raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise file_error(path, f"has a corrupt safetensors header ({exc})", _DAMAGED) from None
+        return header, n
+
+    def _entry(self, name: str, e: Any, data_size: int) -> tuple[str, tuple[int, ...], int, int]:
+        """(dtype, shape, begin, end) of one header entry, checked against the data size."""
+        path = self.path
+        dtype = e.get("dtype") if isinstance(e, dict) else None
+        shape = e.get("shape") if isinstance(e, dict) else None
+        offsets = e.get("data_offsets") if isinstance(e, dict) else None
+        if not isinstance(dtype, str) or not _is_shape(shape) \
+                or not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_index, offsets)):
+            raise file_error(path, f"has a corrupt header entry for tensor {name!r}: {str(e)[:200]} (needs a dtype "
+                             f"string, a shape of at most {_MAX_DIMS} non-negative integers below 2**48 and two data_offsets)", _DAMAGED)
+        begin, end = offsets
+        if begin > end:
+            raise file_error(path, f"has inverted data_offsets [{begin}, {end}) for tensor {name!r}", _DAMAGED)
+        if dtype in _ST_DTYPES:
+            want = math.prod(shape) * np.dtype(_ST_DTYPES[dtype]).itemsize
+            if end - begin != want:
+                raise file_error(path, f"has inconsistent offsets for tensor {name!r} ({dtype} {shape} "
+                                 f"needs {want} bytes, header says [{begin}, {end}))", _DAMAGED)
+        if end > data_size:
+            raise file_error(path, f"is truncated: tensor {name!r} ends at byte {self.data_start + end} "
+                             f"but the file has {self.data_start + data_size} bytes",
+                             "the download was cut short; download it again")
+        return dtype, tuple(shape), begin, end
+
+    def _check_overlaps(self) -> None:
+        prev_end, prev = 0, None
+        for begin, end, name in sorted((b, e, n) for n, (_, _, b, e) in self.entries.items() if e > b):
+            if begin < prev_end:
+                raise file_error(self.path, f"has overlapping data for tensors {prev!r} and {name!r}", _DAMAGED)
+            prev_end, prev = end, name
 
     def names(self) -> list[str]:
         # data order, so streaming reads the file front to back
@@ -112,14 +159,17 @@ class _SafetensorsFile:
     def read(self, name: str) -> np.ndarray:
         dtype, shape, begin, end = self.entries[name]
         if dtype not in _ST_DTYPES:
-            raise UnsupportedError(f"{self.path}: tensor {name!r} has dtype {dtype}, which llmrt cannot read "
-                                      f"(supported: {', '.join(_ST_DTYPES)})")
+            raise UnsupportedError(f"{self.path}: tensor {name!r} has dtype {dtype[:40]!r}, which llmrt cannot "
+                                   f"read (supported: {', '.join(_ST_DTYPES)}); convert the checkpoint to "
+                                   f"float32, float16 or bfloat16")
         if end == begin:
             arr = np.zeros(shape, dtype=_ST_DTYPES[dtype])
         else:
             if self._mm is None:
                 self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
             arr = self._mm[self.data_start + begin:self.data_start + end].view(_ST_DTYPES[dtype]).reshape(shape)
+            if not arr.flags.aligned:           # an offset that is no multiple of the element size
+                arr = arr.copy()
         if dtype == "BF16":
             return bf16_bits_to_fp32(arr)
         return arr
@@ -144,6 +194,10 @@ def _torch_load(path: Path) -> dict[str, Any]:
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise file_error(path, f"holds a {type(sd).__name__}, not a state dict", "pass a Hugging Face checkpoint")
+    for name, t in sd.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise file_error(path, f"holds the entry {str(name)[:80]!r} of type {type(t).__name__}, not a tensor",
+                             "pass a Hugging Face checkpoint (a state dict of tensors)")
     return sd
 
 
@@ -157,6 +211,53 @@ def _torch_to_numpy(t: Any) -> np.ndarray:
 
 def _torch_dtype_name(t: Any) -> str:
     return str(t.dtype).replace("torch.", "")
+
+
+# ---------------------------------------------------------------- shard index
+def _read_shard_index(model_dir: Path, index: Path) -> dict[str, Path]:
+    """tensor name -> shard path of a sharded checkpoint's index; every shard is a file inside model_dir."""
+    hint = "the index is damaged or was edited; download the checkpoint again"
+    try:
+        data = json.loads(index.read_bytes(), object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, RecursionError) as exc:
+        raise file_error(index, f"is not a valid shard index ({exc})", hint) from None
+    wm = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wm, dict):
+        raise file_error(index, f"has no weight_map object (found {type(wm).__name__})", hint)
+    if not wm:
+        raise file_error(index, "has an empty weight_map", hint)
+    root = model_dir.resolve()
+    shards: dict[str, Path] = {}
+    out: dict[str, Path] = {}
+    for name, fname in wm.items():
+        if not isinstance(fname, str) or not fname:
+            raise file_error(index, f"maps tensor {name!r} to {fname!r}, not a shard file name", hint)
+        if fname not in shards:
+            shards[fname] = _shard_path(index, root, model_dir, fname)
+        out[name] = shards[fname]
+    missing = sorted(f for f, path in shards.items() if not path.is_file())
+    if missing:
+        raise missing_file_error(index, f"lists shard files that are missing: {', '.join(missing)}",
+                                 "download the missing shards (or the whole checkpoint) again")
+    return out
+
+
+def _shard_path(index: Path, root: Path, model_dir: Path, fname: str) -> Path:
+    """model_dir / fname, refused unless it stays inside the model directory (after symlinks)."""
+    rel = Path(fname)
+    if rel.is_absolute() or ".." in rel.parts or "\0" in fname:
+        raise file_error(index, f"lists the shard path {fname!r}, which leaves the model directory",
+                         "shard paths must be file names inside the directory; fix or re-download the index")
+    path = model_dir / rel
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:   # a symlink loop
+        raise file_error(index, f"lists the shard path {fname!r}, which cannot be resolved ({exc})",
+                         "fix or re-download the checkpoint") from None
+    if not resolved.is_relative_to(root):
+        raise file_error(index, f"lists the shard path {fname!r}, which resolves to {resolved}, outside the model "
+                         f"directory {root}", "shard files must live inside the model directory")
+    return path
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -178,26 +279,16 @@ class Checkpoint:
                 return "safetensors", [p], None
             if p.suffix in (".bin", ".pt", ".pth"):
                 return "torch", [p], None
-            raise ValueError(f"{p}: not a checkpoint file (expected .safetensors or .bin)")
+            raise file_error(p, "is not a checkpoint file (expected .safetensors or .bin)",
+                             "pass a Hugging Face model directory or one weight file")
         for kind, single, index in (("safetensors", SAFE_SINGLE, SAFE_INDEX), ("torch", BIN_SINGLE, BIN_INDEX)):
             if (p / index).is_file():
-                try:
-                    wm = json.loads((p / index).read_text())["weight_map"]
-                    if not isinstance(wm, dict):
-                        raise TypeError("weight_map is not an object")
-                except (ValueError, KeyError, TypeError) as exc:
-                    raise file_error(p / index, f"is not a valid shard index ({exc})",
-                                     "download the checkpoint again") from None
-                weight_map = {name: p / fname for name, fname in wm.items()}
-                files = sorted(set(weight_map.values()))
-                missing = [f.name for f in files if not f.is_file()]
-                if missing:
-                    raise FileNotFoundError(f"{p / index} lists shard files that are missing: {', '.join(missing)}")
-                return kind, files, weight_map
+                weight_map = _read_shard_index(p, p / index)
+                return kind, sorted(set(weight_map.values())), weight_map
             if (p / single).is_file():
                 return kind, [p / single], None
-        raise FileNotFoundError(f"no weights in {p}: looked for {SAFE_SINGLE}, {SAFE_INDEX}, "
-                                f"{BIN_SINGLE} and {BIN_INDEX}")
+        raise missing_file_error(p, f"holds no weights: looked for {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} and "
+                                 f"{BIN_INDEX}", "pass a complete Hugging Face model directory")
 
     def _safetensors(self, f: Path) -> _SafetensorsFile:
         st = self._st.get(f)

@@ -38,6 +38,57 @@ def is_gguf_file(path: str | os.PathLike) -> bool:
         return False
 
 
+# The metadata keys llmrt reads, with the kind of value each must hold: a wrong type is refused here,
+# naming the key, instead of surfacing as a TypeError or ValueError in a family's config reader.
+# "{a}" is the file's general.architecture.
+_INT, _NUM, _STR, _BOOL = "an integer", "a number", "a string", "a boolean"
+_KEY_KINDS: dict[str, str] = {
+    "general.architecture": _STR, "general.name": _STR,
+    "{a}.block_count": _INT, "{a}.embedding_length": _INT, "{a}.feed_forward_length": _INT,
+    "{a}.context_length": _INT, "{a}.vocab_size": _INT, "{a}.attention.head_count": _INT,
+    "{a}.attention.head_count_kv": _INT, "{a}.rope.dimension_count": _INT, "{a}.attention.sliding_window": _INT,
+    "{a}.rope.freq_base": _NUM, "{a}.rope.scaling.factor": _NUM, "{a}.attention.layer_norm_epsilon": _NUM,
+    "{a}.attention.layer_norm_rms_epsilon": _NUM, "{a}.attention.max_alibi_bias": _NUM,
+    "{a}.attention.clamp_kqv": _NUM, "{a}.rope.scaling.type": _STR, "{a}.use_parallel_residual": _BOOL,
+    "tokenizer.ggml.model": _STR, "tokenizer.ggml.pre": _STR, "tokenizer.chat_template": _STR,
+    "tokenizer.ggml.bos_token_id": _INT, "tokenizer.ggml.eos_token_id": _INT,
+    "tokenizer.ggml.padding_token_id": _INT, "tokenizer.ggml.unknown_token_id": _INT,
+    "tokenizer.ggml.add_bos_token": _BOOL, "tokenizer.ggml.add_eos_token": _BOOL,
+    "tokenizer.ggml.add_space_prefix": _BOOL,
+}
+_LIST_KINDS: dict[str, str] = {"tokenizer.ggml.tokens": _STR, "tokenizer.ggml.merges": _STR,
+                               "tokenizer.ggml.scores": _NUM, "tokenizer.ggml.token_type": _INT}
+
+
+def _is_kind(v: Any, kind: str) -> bool:
+    if kind == _STR:
+        return isinstance(v, str)
+    if kind == _BOOL:
+        return isinstance(v, (bool, int))       # some writers store flags as integers
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) if kind == _INT else isinstance(v, (int, float))
+
+
+def _kind_of(v: Any) -> str:
+    return f"an array of {len(v)} items" if isinstance(v, list) else f"{type(v).__name__} {v!r}"[:80]
+
+
+def check_metadata_types(path: Path, metadata: dict[str, Any]) -> None:
+    """ModelFileError naming the first key llmrt reads whose value has the wrong type."""
+    arch = metadata.get("general.architecture")
+    for pattern, kind in _KEY_KINDS.items():
+        key = pattern.format(a=arch)
+        if key in metadata and not _is_kind(metadata[key], kind):
+            raise file_error(path, f"has GGUF metadata {key} = {_kind_of(metadata[key])}, which should be {kind}",
+                             "the file was written by a faulty tool; re-convert it")
+    for key, kind in _LIST_KINDS.items():
+        v = metadata.get(key)
+        if v is not None and not (isinstance(v, list) and all(_is_kind(x, kind) for x in v)):
+            raise file_error(path, f"has GGUF metadata {key} = {_kind_of(v)}, which should be an array of "
+                             f"{kind.split(' ', 1)[1]}s", "the file was written by a faulty tool; re-convert it")
+
+
 @dataclasses.dataclass(frozen=True)
 class GGUFTensorInfo:
     """One entry of a GGUF tensor table."""
@@ -83,19 +134,16 @@ class GGUFFile:
         self.alignment = header.alignment
         self.metadata: dict[str, Any] = header.metadata
         problem = check_tensor_layout(header, size)
+        if problem and problem[1]:
+            raise file_error(self.path, f"is truncated: {problem[0]}",
+                             "the download or copy was cut short; fetch the file again")
         if problem:
-            raise file_error(self.path, f"has a corrupt tensor table: {problem}",
+            raise file_error(self.path, f"has a corrupt tensor table: {problem[0]}",
                              "the file is damaged or was written by a faulty tool; fetch it again or re-convert it")
+        check_metadata_types(self.path, self.metadata)
         infos: dict[str, GGUFTensorInfo] = {}
         for t in header.tensors:
-            if t.name in infos:
-                raise file_error(self.path, f"has a corrupt tensor table: tensor {t.name!r} appears twice",
-                                 "the file is damaged or was written by a faulty tool; re-convert it")
             start = self.data_offset + t.offset
-            end = start + t.nbytes
-            if end > size:
-                raise file_error(self.path, f"is truncated: tensor {t.name!r} ends at byte {end} but the file "
-                                 f"has {size} bytes", "the download or copy was cut short; fetch the file again")
             shape = tuple(reversed(t.ne))
             fmt = QuantFormat.gguf(_BLOCK_TYPES[t.ggml_type]) if t.ggml_type in _BLOCK_TYPES else None
             infos[t.name] = GGUFTensorInfo(t.name, t.ggml_type, shape, start, t.nbytes, fmt)
@@ -154,7 +202,9 @@ class GGUFFile:
     def _view(self, info: GGUFTensorInfo) -> np.ndarray:
         raw = self._data[info.offset:info.offset + info.nbytes]
         if info.ggml_type in _DENSE_TYPES:
-            return raw.view(_DENSE_TYPES[info.ggml_type]).reshape(info.shape)
+            arr = raw.view(_DENSE_TYPES[info.ggml_type]).reshape(info.shape)
+            # a file with general.alignment below the element size: C reads of it would be misaligned
+            return arr if arr.flags.aligned else arr.copy()
         # block types: one row of bytes per row of elements
         return raw.reshape(*info.shape[:-1], -1)
 

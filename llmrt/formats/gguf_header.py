@@ -13,7 +13,9 @@ from typing import Any
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
+MAX_ALIGNMENT = 1 << 20        # llama.cpp writes 32; anything near a page size or beyond is damage
 MAX_DIMS = 4
+MAX_ELEMENTS = (1 << 63) - 1   # ggml counts elements in int64
 
 # GGUF metadata value types -> struct format of a scalar (8 = string, 9 = array)
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -142,43 +144,72 @@ def parse_header(buf: memoryview, supported_versions: tuple[int, ...]) -> Header
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
         key = c.string()
+        if key in metadata:
+            raise HeaderError(f"metadata key {key!r} appears twice")
         metadata[key] = c.value(c.scalar("I"))
-    tensors = []
-    for _ in range(n_tensors):
-        name = c.string()
-        n_dims = c.scalar("I")
-        if not 1 <= n_dims <= MAX_DIMS:
-            raise HeaderError(f"tensor {name!r} has {n_dims} dimensions (GGUF allows 1 to {MAX_DIMS})")
-        ne = tuple(c.scalar("Q") for _ in range(n_dims))
-        type_id = c.scalar("I")
-        offset = c.scalar("Q")
-        if type_id not in GGML_TYPES:
-            raise HeaderError(f"tensor {name!r} has unknown GGML type {type_id}")
-        tname, block, block_bytes = GGML_TYPES[type_id]
-        if ne[0] % block:
-            raise HeaderError(f"tensor {name!r} ({tname}) has rows of {ne[0]} elements, not a multiple of "
-                              f"its block size {block}")
-        n = 1
-        for d in ne:
-            n *= d
-        tensors.append(RawTensor(name, tname, ne, offset, n // block * block_bytes))
+    tensors = [_tensor_entry(c) for _ in range(n_tensors)]
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise HeaderError(f"general.alignment is {alignment!r}, not a power of two")
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or not 0 < alignment <= MAX_ALIGNMENT \
+            or alignment & (alignment - 1):
+        raise HeaderError(f"general.alignment is {alignment!r}, not a power of two from 1 to {MAX_ALIGNMENT}")
     data_offset = -(-c.pos // alignment) * alignment
     return Header(version, metadata, tensors, alignment, data_offset)
 
 
-def check_tensor_layout(header: Header, file_size: int) -> str | None:
-    """The first problem with where the tensors' data lies (alignment, overlap, past the end), or None."""
-    spans = sorted((t.offset, t.nbytes, t.name) for t in header.tensors)
+def _tensor_entry(c: _Cursor) -> RawTensor:
+    """One entry of the tensor table: name, dims, type, offset; its size computed and bounded."""
+    name = c.string()
+    n_dims = c.scalar("I")
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise HeaderError(f"tensor {name!r} has {n_dims} dimensions (GGUF allows 1 to {MAX_DIMS})")
+    ne = tuple(c.scalar("Q") for _ in range(n_dims))
+    type_id = c.scalar("I")
+    offset = c.scalar("Q")
+    if type_id not in GGML_TYPES:
+        raise HeaderError(f"tensor {name!r} has unknown GGML type {type_id}")
+    # ne are int64 in ggml: a value of 2**63 or more is negative there
+    if any(d == 0 or d > MAX_ELEMENTS for d in ne):
+        raise HeaderError(f"tensor {name!r} has dimensions {list(ne)}: each must be from 1 to 2**63 - 1")
+    n = 1
+    for d in ne:
+        n *= d
+    if n > MAX_ELEMENTS:
+        raise HeaderError(f"tensor {name!r} has dimensions {list(ne)}, more than 2**63 - 1 elements")
+    tname, block, block_bytes = GGML_TYPES[type_id]
+    if ne[0] % block:
+        raise HeaderError(f"tensor {name!r} ({tname}) has rows of {ne[0]} elements, not a multiple of "
+                          f"its block size {block}")
+    return RawTensor(name, tname, ne, offset, n // block * block_bytes)
+
+
+def check_tensor_layout(header: Header, file_size: int) -> tuple[str, bool] | None:
+    """The first problem with where the tensors' data lies, or None: (message, truncated), where
+    truncated tells a file cut short from a corrupt table (duplicate names, misaligned, overlapping
+    or wild offsets).  Offsets are unsigned and relative to the data section, so no tensor can start
+    inside the header; one near 2**64 is simply past the end."""
+    seen: set[str] = set()
     for t in header.tensors:
+        if t.name in seen:
+            return f"tensor {t.name!r} appears twice", False
+        seen.add(t.name)
         if t.offset % header.alignment:
             return f"tensor {t.name!r} starts at data offset {t.offset}, not a multiple of the alignment " \
-                   f"{header.alignment}"
-    prev_end, prev_name = 0, None
+                   f"{header.alignment}", False
+    spans = sorted((t.offset, t.nbytes, t.name) for t in header.tensors)
+    prev_end, prev_name, packed = 0, None, True
     for offset, nbytes, name in spans:
         if offset < prev_end:
-            return f"tensors {prev_name!r} and {name!r} overlap in the file"
+            return f"tensors {prev_name!r} and {name!r} overlap in the file", False
+        # writers pack tensors back to back (padded to the alignment)
+        packed = packed and offset - prev_end < header.alignment
         prev_end, prev_name = offset + nbytes, name
-    return None
+    past = [(o, n, name) for o, n, name in spans if header.data_offset + o + n > file_size]
+    if not past:
+        return None
+    offset, nbytes, name = past[0]
+    end = header.data_offset + offset + nbytes
+    if packed:
+        return f"tensor {name!r} ends at byte {end} but the file has {file_size} bytes", True
+    offset, nbytes, name = past[-1]
+    return f"tensor {name!r} lies at data offset {offset} (to byte {header.data_offset + offset + nbytes}), " \
+           f"past the end of the file's {file_size} bytes", False

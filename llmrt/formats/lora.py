@@ -16,8 +16,9 @@ from typing import Iterable
 
 import numpy as np
 
-from llmrt.errors import UnsupportedError
+from llmrt.errors import ConfigError, InvalidArgumentError, UnsupportedError
 from llmrt.formats.checkpoint import Checkpoint
+from llmrt.formats.errors import file_error, missing_file_error
 from llmrt.formats.json_files import read_json_object
 
 __all__ = ["LoraAdapter"]
@@ -35,7 +36,7 @@ class LoraAdapter:
             raise FileNotFoundError(f"no LoRA adapter directory at {d}")
         cfg_file = d / "adapter_config.json"
         if not cfg_file.is_file():
-            raise FileNotFoundError(f"{d} has no adapter_config.json; pass a directory saved by peft's save_pretrained")
+            raise missing_file_error(d, "has no adapter_config.json", "pass a directory saved by peft's save_pretrained")
         cfg = read_json_object(cfg_file)
         self.path = d
         self.config = cfg
@@ -53,16 +54,18 @@ class LoraAdapter:
             self.r = int(cfg["r"])
             self.alpha = float(cfg.get("lora_alpha", self.r))
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{cfg_file} needs an integer 'r' (and a numeric 'lora_alpha')") from None
-        if self.r <= 0:
-            raise ValueError(f"{cfg_file}: r must be positive, got {self.r}")
+            raise ConfigError(f"{cfg_file}: needs an integer 'r' (and a numeric 'lora_alpha'); fix the adapter "
+                              f"config") from None
+        if self.r <= 0 or not math.isfinite(self.alpha):
+            raise ConfigError(f"{cfg_file}: r must be positive and lora_alpha finite, got r={self.r}, "
+                              f"lora_alpha={self.alpha}; fix the adapter config")
         self.scale = self.alpha / (math.sqrt(self.r) if cfg.get("use_rslora") else self.r)
         self.fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))
         weights = d / "adapter_model.safetensors"
         if not weights.is_file():
             hint = " (adapter_model.bin needs torch: re-save the adapter with safe_serialization=True)" \
                 if (d / "adapter_model.bin").is_file() else ""
-            raise FileNotFoundError(f"{d} has no adapter_model.safetensors{hint}")
+            raise missing_file_error(d, f"has no adapter_model.safetensors{hint}", "save the adapter again")
         self._ckpt = Checkpoint(weights)
         self._pairs: dict[str, dict[str, str]] = {}
         for key in self._ckpt.names():
@@ -71,14 +74,16 @@ class LoraAdapter:
                 if "lora_embedding" in key or "modules_to_save" in key or key.startswith(_PREFIX):
                     raise UnsupportedError(f"{weights}: tensor {key!r} (embedding LoRA or modules_to_save) "
                                            f"cannot be merged yet")
-                raise ValueError(f"{weights}: unexpected tensor {key!r} in a LoRA adapter")
+                raise file_error(weights, f"holds the unexpected tensor {key!r}, not a LoRA weight",
+                                 "pass the adapter_model.safetensors saved by peft")
             module = m.group(1)[len(_PREFIX):] if m.group(1).startswith(_PREFIX) else m.group(1)
             self._pairs.setdefault(f"{module}.weight", {})[m.group(2)] = key
         for target, ab in self._pairs.items():
             if set(ab) != {"A", "B"}:
-                raise ValueError(f"{weights}: {target} has lora_{'A' if 'A' not in ab else 'B'} missing")
+                raise file_error(weights, f"has no lora_{'A' if 'A' not in ab else 'B'} for {target}",
+                                 "the adapter is incomplete; save it again")
         if not self._pairs:
-            raise ValueError(f"{weights} holds no LoRA weights")
+            raise file_error(weights, "holds no LoRA weights", "pass the adapter_model.safetensors saved by peft")
 
     @property
     def targets(self) -> list[str]:
@@ -96,13 +101,14 @@ class LoraAdapter:
         if self.fan_in_fan_out:
             delta = delta.T
         if delta.shape != w.shape:
-            raise ValueError(f"LoRA adapter {self.path}: {name} is {list(w.shape)} in the model but the adapter's "
-                             f"update is {list(delta.shape)}; the adapter was trained for another model")
+            raise InvalidArgumentError(f"LoRA adapter {self.path}: {name} is {list(w.shape)} in the model but the "
+                                       f"adapter's update is {list(delta.shape)}; the adapter was trained for "
+                                       f"another model")
         return np.asarray(w, dtype=np.float32) + np.float32(self.scale) * delta
 
     def check_targets(self, names: Iterable[str]) -> None:
         """Raise when the adapter changes a tensor the checkpoint (its tensor names) does not have."""
         left = sorted(set(self._pairs) - set(names))
         if left:
-            raise ValueError(f"LoRA adapter {self.path} adapts {left[0]!r} (and {len(left) - 1} more), which the "
-                             f"model does not have; the adapter was trained for another model")
+            raise InvalidArgumentError(f"LoRA adapter {self.path} adapts {left[0]!r} (and {len(left) - 1} more), "
+                                       f"which the model does not have; the adapter was trained for another model")

@@ -18,9 +18,12 @@ that reads the whole file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,12 @@ ALIGN = 64
 _PREAMBLE = struct.Struct("<8sIIQQQIIQII")  # 64 bytes
 assert _PREAMBLE.size == 64
 _DAMAGED = "the file is damaged; delete it and convert/save the model again"
+_MAX_ROW = 1 << 24          # elements in a block tensor's row: far above any model's, far below a bad size
+# far above any real tensor, and inside what NumPy can shape (a zero-size array of dims 2**63 cannot be made)
+_MAX_DIMS, _MAX_DIM = 8, 1 << 48
+# the dense dtypes the writer records (little-endian; dtype.str of float, int, uint and bool arrays)
+_DENSE_DTYPES = {np.dtype(t).newbyteorder("<").str: np.dtype(t).newbyteorder("<")
+                 for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "?")}
 
 
 def is_llmrt_file(path: str | os.PathLike) -> bool:
@@ -67,6 +76,24 @@ def _tensor_bytes(arr: np.ndarray) -> memoryview:
     return memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
 
 
+def _remove_orphaned_temporaries(path: Path) -> None:
+    """Delete `<name>.<pid>.tmp` files beside path left by writers that were killed (their process is
+    gone), so a crash mid-save does not leave hundreds of MB behind for good.  POSIX only: elsewhere
+    there is no harmless way to ask whether a pid is alive, and the files stay."""
+    if os.name != "posix":
+        return
+    for tmp in path.parent.glob(f"{glob_escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 1:-len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)            # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            pass                            # alive under another user, or not a pid: leave it
+
+
 class ModelFileWriter:
     """Stream tensors into an llmrt model file.
 
@@ -82,6 +109,7 @@ class ModelFileWriter:
         self.path = Path(path)
         # unique per process so two processes building the same cache file cannot interleave
         self.tmp_path = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        _remove_orphaned_temporaries(self.path)
         self._f = open(self.tmp_path, "wb")
         self._f.write(b"\0" * _PREAMBLE.size)
         self._pos = _PREAMBLE.size
@@ -221,13 +249,17 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
 def _entry_dtype(path: Path, name: str, e: dict[str, Any]) -> tuple[np.dtype, QuantFormat | None]:
     try:
         if e["kind"] == "dense":
-            dt = np.dtype(e["dtype"])
-            if dt.kind not in "fiub":
-                raise ValueError(f"dtype {dt}")
+            # a table lookup: np.dtype() parses arbitrary strings (subarrays, commas, even Python literals)
+            dt = _DENSE_DTYPES.get(e["dtype"]) if isinstance(e["dtype"], str) else None
+            if dt is None:
+                raise ValueError(f"dtype {str(e['dtype'])[:40]!r}")
             return dt, None
         if e["kind"] == "blocks":
             fmt = QuantFormat.from_dict(e["format"])
-            return fmt.dtype_for(int(e["k"])), fmt
+            k = e["k"]
+            if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= _MAX_ROW:
+                raise ValueError(f"row length k {str(k)[:40]}")
+            return fmt.dtype_for(k), fmt
         raise ValueError(f"kind {e['kind']!r}")
     except (KeyError, TypeError, ValueError) as exc:
         raise file_error(path, f"has an invalid table entry for tensor {name!r} ({exc})", _DAMAGED) from None
@@ -239,34 +271,118 @@ def read_model_file_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return header.get("metadata", {})
 
 
+def _int_field(path: Path, name: str, e: dict[str, Any], key: str) -> int:
+    v = e.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise file_error(path, f"has an invalid table entry for tensor {name!r} ({key} is {v!r}, not a "
+                         f"non-negative integer)", _DAMAGED)
+    return v
+
+
+def _entry_shape(path: Path, name: str, e: dict[str, Any]) -> tuple[int, ...]:
+    shape = e.get("shape")
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS or \
+            any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < _MAX_DIM for s in shape):
+        raise file_error(path, f"has an invalid table entry for tensor {name!r} (shape {repr(shape)[:80]} is not a "
+                         f"list of at most {_MAX_DIMS} non-negative integers below 2**48)", _DAMAGED)
+    return tuple(shape)
+
+
+def _entry_crc(path: Path, name: str, e: dict[str, Any]) -> int | None:
+    """The tensor's recorded crc32; None when the entry has none (nothing to verify against)."""
+    crc = e.get("crc32")
+    if crc is None:
+        return None
+    if isinstance(crc, bool) or not isinstance(crc, int) or not 0 <= crc < 1 << 32:
+        raise file_error(path, f"has an invalid table entry for tensor {name!r} (crc32 {crc!r})", _DAMAGED)
+    return crc
+
+
+def _check_no_overlap(path: Path, spans: list[tuple[int, int, str]]) -> None:
+    prev_end, prev = 0, None
+    for off, nbytes, name in sorted(spans):
+        if nbytes and off < prev_end:
+            raise file_error(path, f"tensors {prev!r} and {name!r} overlap in the file", _DAMAGED)
+        if nbytes:
+            prev_end, prev = off + nbytes, name
+
+
+_VERIFY_CHUNK = 8 << 20
+_VERIFY_THREADS = 4     # zlib.crc32 drops the GIL: two threads check a 700 MB file in 0.3 s instead of 0.5 s
+
+
+def _verify_spans(path: Path, spans: list[tuple[int, int, str, int | None]]) -> str | None:
+    """The first tensor of spans whose data does not match its crc32, or None.  Reads through a small
+    buffer: the pages go to the page cache (the mapping that follows is warm) but not into this
+    process's resident set."""
+    chunk = min(_VERIFY_CHUNK, max((s[1] for s in spans), default=0))
+    buf = memoryview(bytearray(chunk))
+    with open(path, "rb", buffering=0) as f:
+        for off, nbytes, name, want in spans:
+            f.seek(off)
+            crc, left = 0, nbytes
+            while left:
+                n = f.readinto(buf[:min(left, chunk)])
+                if not n:
+                    return name
+                crc = zlib.crc32(buf[:n], crc)
+                left -= n
+            if crc != want:
+                return name
+    return None
+
+
+def _verify_data(path: Path, spans: list[tuple[int, int, str, int | None]]) -> None:
+    """Check each tensor's recorded crc32 (entries without one are skipped)."""
+    todo = sorted(s for s in spans if s[3] is not None)
+    small = sum(s[1] for s in todo) < _VERIFY_CHUNK * 8          # not worth a thread pool
+    n = 1 if small else max(1, min(_VERIFY_THREADS, os.cpu_count() or 1, len(todo)))
+    if n == 1:
+        bad = [name] if (name := _verify_spans(path, todo)) else []
+    else:
+        with ThreadPoolExecutor(n) as pool:
+            bad = [name for name in pool.map(lambda part: _verify_spans(path, part), [todo[i::n] for i in range(n)])
+                   if name]
+    if bad:
+        raise file_error(path, f"tensor {min(bad)!r} is corrupt (data checksum mismatch)", _DAMAGED)
+
+
 def load_model_file(path: str | os.PathLike, verify: bool = False
                     ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, QuantFormat]]:
     """Open a model file: (metadata, {name: read-only array view of one np.memmap},
     {name: QuantFormat for the block tensors}).  ``verify=True`` also checks every tensor's crc32
-    (reads the whole file)."""
+    (reads the whole file once, about 2 GB/s; tensors of files without a recorded crc32 are not
+    checked).  The table is always checked: types, shapes against byte sizes, extents, overlaps."""
     path = Path(path)
     header, hdr_off = _read_header(path)
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
-    arrays: dict[str, np.ndarray] = {}
-    formats: dict[str, QuantFormat] = {}
+    metadata = header.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise file_error(path, f"has a header whose metadata is a {type(metadata).__name__}, not an object",
+                         _DAMAGED)
+    spans: list[tuple[int, int, str, int | None]] = []
+    entries: dict[str, tuple[np.dtype, QuantFormat | None, tuple[int, ...], int, int]] = {}
     for name, e in header["tensors"].items():
+        if not isinstance(e, dict):
+            raise file_error(path, f"has an invalid table entry for tensor {name!r} (not an object)", _DAMAGED)
         dt, fmt = _entry_dtype(path, name, e)
-        try:
-            shape = tuple(int(s) for s in e["shape"])
-            off, nbytes = int(e["offset"]), int(e["nbytes"])
-        except (KeyError, TypeError, ValueError):
-            raise file_error(path, f"has an invalid table entry for tensor {name!r}", _DAMAGED) from None
-        count = int(np.prod(shape, dtype=np.int64))
-        if min(shape, default=0) < 0 or nbytes != count * dt.itemsize:
+        shape = _entry_shape(path, name, e)
+        off, nbytes = _int_field(path, name, e, "offset"), _int_field(path, name, e, "nbytes")
+        if nbytes != math.prod(shape) * dt.itemsize:     # Python ints: no overflow on huge shapes
             raise file_error(path, f"tensor {name!r}: {nbytes} bytes do not hold shape {list(shape)} of {dt}",
                              _DAMAGED)
         if off < _PREAMBLE.size or off % ALIGN or off + nbytes > hdr_off:
             raise file_error(path, f"tensor {name!r} lies outside the data region ([{off}, {off + nbytes}) "
                              f"vs [{_PREAMBLE.size}, {hdr_off}))", _DAMAGED)
-        raw = mm[off:off + nbytes]
-        if verify and zlib.crc32(raw) != e.get("crc32"):
-            raise file_error(path, f"tensor {name!r} is corrupt (data checksum mismatch)", _DAMAGED)
-        arrays[name] = raw.view(dt).reshape(shape)
+        spans.append((off, nbytes, name, _entry_crc(path, name, e)))
+        entries[name] = (dt, fmt, shape, off, nbytes)
+    _check_no_overlap(path, [(off, n, name) for off, n, name, _ in spans])
+    if verify:
+        _verify_data(path, spans)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    arrays: dict[str, np.ndarray] = {}
+    formats: dict[str, QuantFormat] = {}
+    for name, (dt, fmt, shape, off, nbytes) in entries.items():
+        arrays[name] = mm[off:off + nbytes].view(dt).reshape(shape)
         if fmt is not None:
             formats[name] = fmt
-    return header.get("metadata", {}), arrays, formats
+    return metadata, arrays, formats
