@@ -51,7 +51,7 @@ STAGES = ["tensor1", "tensor7", "tensor15", "fsync", "replace"]
 
 def _run_and_kill(args: list[str], stage: str) -> None:
     proc = subprocess.Popen([sys.executable, "-c", CHILD, *args[:2], stage, *args[2:]], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, cwd="/")
     try:
         line = proc.stdout.readline()
         assert line.startswith("at " + stage), (line, proc.stderr.read()[-2000:])

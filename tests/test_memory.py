@@ -99,7 +99,7 @@ def test_streaming_generation_keeps_resident_memory_flat(tiny_models, mode):
     import subprocess
     path, _ = tiny_models("llama-gqa-tied")
     r = subprocess.run([sys.executable, "-c", STREAMING_CHILD, str(path), mode], capture_output=True, text=True,
-                       timeout=600)
+                       cwd="/", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["n"] == 6 + 10 * 256

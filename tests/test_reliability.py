@@ -68,7 +68,7 @@ def test_thread_count_at_the_cap_runs(model):
 def test_thread_count_from_the_environment(value):
     env = dict(os.environ, LLMRT_NUM_THREADS=value)
     r = subprocess.run([sys.executable, "-c", "import llmrt"], env=env, capture_output=True, text=True,
-                       timeout=120)
+                       cwd="/", timeout=120)
     assert r.returncode == 1, r.stderr[-2000:]          # an exception, not a signal
     assert "InvalidArgumentError" in r.stderr and f"LLMRT_NUM_THREADS={value!r}" in r.stderr
 
