@@ -5,8 +5,8 @@ __version__ = "0.1.0"
 
 from llmrt.api.transformers import AutoModelForCausalLM
 from llmrt.config import ModelConfig, QuantConfig, WeightOnlyQuantConfig
-from llmrt.errors import (ConfigError, InvalidArgumentError, LlmrtError, ModelFileError, NonFiniteLogitsError,
-                          UnsupportedError)
+from llmrt.errors import (ConfigError, HookError, InvalidArgumentError, LlmrtError, ModelFileError,
+                          NonFiniteLogitsError, UnsupportedError)
 from llmrt.model import CausalLMOutput, Model
 
 
@@ -23,6 +23,6 @@ def show_config(print_out: bool = True) -> dict:
     return info
 
 
-__all__ = ["AutoModelForCausalLM", "CausalLMOutput", "ConfigError", "InvalidArgumentError", "LlmrtError", "Model",
+__all__ = ["AutoModelForCausalLM", "CausalLMOutput", "ConfigError", "HookError", "InvalidArgumentError", "LlmrtError", "Model",
            "ModelConfig", "ModelFileError", "NonFiniteLogitsError", "QuantConfig", "UnsupportedError",
            "WeightOnlyQuantConfig", "show_config", "__version__"]

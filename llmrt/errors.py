@@ -4,7 +4,7 @@ what to do about it."""
 from __future__ import annotations
 
 __all__ = ["LlmrtError", "ModelFileError", "MissingFileError", "ConfigError", "UnsupportedError", "InvalidArgumentError",
-           "NonFiniteLogitsError"]
+           "NonFiniteLogitsError", "HookError"]
 
 
 class LlmrtError(ValueError):
@@ -37,3 +37,9 @@ class InvalidArgumentError(LlmrtError):
 class NonFiniteLogitsError(LlmrtError, ArithmeticError):
     """The logits hold NaN or infinity: the weights, the config (a norm epsilon, a rotary base) or an
     edited activation produced them.  Pass check_finite=False to run on regardless."""
+
+
+class HookError(LlmrtError):
+    """A research hook (run_with_hooks, run_with_cache, generate(hooks=...)) names no hook point of the
+    model, returned an activation of the wrong shape or dtype, or raised; the message names the hook
+    and the point.  The model is unchanged and keeps working."""

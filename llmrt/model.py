@@ -11,13 +11,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from llmrt import formats
+from llmrt import formats, lens
 from llmrt.config import ModelConfig, WeightOnlyQuantConfig
 from llmrt.errors import InvalidArgumentError
 from llmrt import generation
 from llmrt.formats.json_files import read_hf_config
 from llmrt.generation import GenerateOutput, Session, as_id_batch
 from llmrt.generation.finite import check_logits
+from llmrt.hooks import HookFn, HookRunner, NameFilter, hook_points, installed
 from llmrt.hub import resolve_model_path
 from llmrt.models import family_by_name, family_for_gguf, family_for_hf
 from llmrt.runtime import check_kv_memory, compute_threads
@@ -234,6 +235,10 @@ class Model:
                  check_finite: bool = True, **_: Any) -> CausalLMOutput:
         """Logits for every position: (batch, seq, vocab) float32.  NaN or inf in them raises
         NonFiniteLogitsError unless check_finite=False."""
+        return self._forward(input_ids, output_hidden_states, threads, check_finite)
+
+    def _forward(self, input_ids: Any, output_hidden_states: bool, threads: int | None,
+                 check_finite: bool) -> CausalLMOutput:
         ids = as_id_batch(input_ids)
         logits = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), np.float32)
         hidden: list[list[np.ndarray]] = []
@@ -254,6 +259,49 @@ class Model:
 
     forward = __call__
 
+    # ------------------------------------------------------------------ research hooks
+    def hook_names(self) -> list[str]:
+        """This model's hook points (TransformerLens's names), in forward order."""
+        return [name for name, _, _ in hook_points(self.engine)]
+
+    @_serialized
+    def run_with_hooks(self, input_ids: Any, fwd_hooks: list[tuple[Any, HookFn]] = (), *,
+                       threads: int | None = None, check_finite: bool = True) -> np.ndarray:
+        """Logits (batch, seq, vocab) float32 of a forward pass in which each fn(activation, name) of
+        fwd_hooks [(name or glob pattern or predicate, fn), ...] runs at its hook points; an array it
+        returns (same shape) replaces the activation for the rest of the pass, None keeps it (edits
+        made in place to the array it was given count)."""
+        runner = HookRunner(self.engine, fwd_hooks)
+        with installed(self.engine, runner):
+            return self._forward(input_ids, False, threads, check_finite).logits
+
+    @_serialized
+    def run_with_cache(self, input_ids: Any, names: NameFilter = None, *,
+                       fwd_hooks: list[tuple[Any, HookFn]] = (), threads: int | None = None,
+                       check_finite: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(logits, cache): cache maps each hook point names picks (None: all; names, glob patterns
+        such as "blocks.*.hook_resid_post", or a predicate) to a float32 array, in forward order, as
+        TransformerLens shapes it: (batch, pos, d_model), (batch, pos, head, d_head) for q/k/v/z,
+        (batch, head, query, key) for attn_scores / pattern.  fwd_hooks run before the capture."""
+        runner = HookRunner(self.engine, fwd_hooks, names)
+        with installed(self.engine, runner):
+            logits = self._forward(input_ids, False, threads, check_finite).logits
+        return logits, runner.cache()
+
+    @_serialized
+    def unembed(self, resid: Any) -> np.ndarray:
+        """The logit lens: the final norm and head applied to residual-stream vectors (..., hidden)
+        -> logits (..., vocab) float32."""
+        return lens.unembed(self.engine, resid)
+
+    @_serialized
+    def direct_logit_attribution(self, cache: dict[str, np.ndarray], tokens: Any, position: int = -1) -> np.ndarray:
+        """Each attention head's direct contribution to the logit of tokens (one id, or one per batch
+        row) at position: (batch, layer, head) float32, from the cache's hook_z of every block and its
+        last hook_resid_post (the final norm's scale is taken from that residual, as TransformerLens's
+        apply_ln_to_stack does)."""
+        return lens.head_attribution(self.engine, cache, tokens, position)
+
     @property
     def generation_defaults(self) -> dict:
         """What generate() uses unless told otherwise: the model's special tokens and, for a Hugging
@@ -266,7 +314,7 @@ class Model:
     def generate(self, input_ids: Any = None, generation_config: Any = None, logits_processor: Any = None,
                  stopping_criteria: Any = None, *, streamer: Any = None, attention_mask: Any = None,
                  threads: int | None = None, interactive: bool = False, ignore_prompt: bool = False,
-                 **kwargs: Any) -> np.ndarray | GenerateOutput:
+                 hooks: list[tuple[Any, Any]] | None = None, **kwargs: Any) -> np.ndarray | GenerateOutput:
         """Continue each prompt row, like transformers' generate; returns (batch, prompt + new) int64
         (or a GenerateOutput with return_dict_in_generate=True).
 
@@ -280,19 +328,26 @@ class Model:
         attention_mask; each row comes out as if generated alone.  logits_processor /
         stopping_criteria: transformers' lists, called with torch tensors when torch is installed.
         interactive=True keeps the KV cache for the next call (which then processes only new tokens);
-        a call with interactive=False ends that conversation.  ignore_prompt=True returns new tokens only."""
-        return generation.generate(self, input_ids, generation_config, logits_processor, stopping_criteria,
-                                   streamer=streamer, attention_mask=attention_mask, threads=threads,
-                                   interactive=interactive, ignore_prompt=ignore_prompt, session=self._session,
-                                   **kwargs)
+        a call with interactive=False ends that conversation.  ignore_prompt=True returns new tokens only.
+        hooks: [(name or pattern, fn), ...] as for run_with_hooks, run on every forward pass (the
+        prompt's and each new token's)."""
+        with installed(self.engine, self._hook_runner(hooks)):
+            return generation.generate(self, input_ids, generation_config, logits_processor, stopping_criteria,
+                                       streamer=streamer, attention_mask=attention_mask, threads=threads,
+                                       interactive=interactive, ignore_prompt=ignore_prompt,
+                                       session=self._session, **kwargs)
+
+    def _hook_runner(self, fwd_hooks: Any) -> HookRunner | None:
+        return None if not fwd_hooks else HookRunner(self.engine, fwd_hooks)
 
     @_serialized
     def chat(self, messages: list[dict], tokenizer: Any, *, streamer: Any = None, threads: int | None = None,
-             chat_template: str | None = None, **kwargs: Any) -> str:
+             chat_template: str | None = None, hooks: list[tuple[Any, Any]] | None = None, **kwargs: Any) -> str:
         """Answer the last message of a conversation ([{"role": ..., "content": ...}, ...]) through the
         tokenizer's chat template (ChatML when it has none); returns the reply text.  The KV cache is
         kept between turns, so a turn processes only what the cache does not hold yet.  Generation
-        options as for generate() (max_new_tokens defaults to 512, less if the context is nearly full)."""
+        options as for generate() (max_new_tokens defaults to 512, less if the context is nearly full);
+        hooks as for generate()."""
         ids = generation.chat_input_ids(messages, tokenizer, chat_template)
         if "max_new_tokens" not in kwargs:          # 512, or what the context still holds
             streaming = any(kwargs.get(k) not in (None, False) for k in ("n_keep", "n_discard", "shift_roped_k"))
@@ -301,8 +356,9 @@ class Model:
         if "eos_token_id" not in kwargs:
             eos = generation.GenerationOptions(eos_token_id=self.generation_defaults.get("eos_token_id")).eos_ids
             kwargs["eos_token_id"] = generation.stop_tokens(tokenizer, eos)
-        out = generation.generate(self, [ids], streamer=streamer, threads=threads, interactive=True,
-                                  ignore_prompt=True, session=self._session, whole_conversation=True, **kwargs)
+        with installed(self.engine, self._hook_runner(hooks)):
+            out = generation.generate(self, [ids], streamer=streamer, threads=threads, interactive=True,
+                                      ignore_prompt=True, session=self._session, whole_conversation=True, **kwargs)
         new = out.sequences if isinstance(out, GenerateOutput) else out
         return tokenizer.decode([int(t) for t in new[0]], skip_special_tokens=True)
 

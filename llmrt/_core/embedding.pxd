@@ -6,6 +6,12 @@ from libc.stdint cimport int8_t, int32_t, int64_t
 from llmrt._kernels._ops cimport Linear
 
 
+# what a hooked forward's embedding hook is called with
+cdef enum:
+    EMBED_TOKENS = 0
+    EMBED_POSITIONS = 1
+
+
 cdef class Embedder:
     cdef readonly Linear embed, project_in, positions
     cdef readonly int64_t hidden, vocab, position_offset
@@ -18,4 +24,4 @@ cdef class Embedder:
     cdef void check_positions(self, int64_t last_pos) except *
     cdef void _read(self, cnp.ndarray toks, float *x, int64_t width) except *
     cdef void rows(self, cnp.ndarray toks, const int64_t *pos, float *x, float *tmp,
-                   int8_t *aq, float *ad, int32_t *asum) except *
+                   int8_t *aq, float *ad, int32_t *asum, object hook=*) except *

@@ -60,23 +60,37 @@ cdef class Embedder:
                              f"learned (max_position_embeddings): shorten the input, or stream the context "
                              f"with n_keep / n_discard (re-evaluation)")
 
+    def resize_rows(self, int64_t max_rows):
+        """Scratch for chunks of up to max_rows rows (a hooked forward runs its input as one chunk)."""
+        if self.project_in is not None and self.e.shape[0] != max_rows:
+            self.e = np.zeros((max_rows, self.project_in.k), np.float32)
+
     cdef void rows(self, cnp.ndarray toks, const int64_t *pos, float *x, float *tmp,
-                   int8_t *aq, float *ad, int32_t *asum) except *:
+                   int8_t *aq, float *ad, int32_t *asum, object hook=None) except *:
         """x[t] = the starting row of token toks[t] at position pos[t] (pos checked by
-        check_positions); tmp: rows x hidden scratch."""
-        cdef int64_t n = toks.shape[0], H = self.hidden, t, i
+        check_positions); tmp: rows x hidden scratch.  hook (hooked forwards): hook(EMBED_TOKENS)
+        once x holds the token rows, hook(EMBED_POSITIONS) once tmp holds the position rows."""
+        cdef int64_t n = toks.shape[0], H = self.hidden, t
         cdef float *dst = x if self.project_in is None else <float *> cnp.PyArray_DATA(self.e)
         cdef const float *nw = float_ptr(self.norm_w)
         cdef const float *nb = float_ptr(self.norm_b)
+        if self.project_in is not None and self.e.shape[0] < n:
+            raise ValueError(f"{n} rows do not fit the embedding scratch of {self.e.shape[0]}")
         self._read(toks, dst, self.embed.k)
-        with nogil:
-            if self.project_in is not None:
+        if self.project_in is not None:
+            with nogil:
                 self.project_in.apply(dst, self.project_in.k, n, x, H, aq, ad, asum)
-            if self.positions is not None:
+        if hook is not None:
+            hook(EMBED_TOKENS)
+        if self.positions is not None:
+            with nogil:
                 for t in range(n):
                     self.positions.row(pos[t] + self.position_offset, tmp + t * H)
-                    for i in range(H):
-                        x[t * H + i] += tmp[t * H + i]
+            if hook is not None:
+                hook(EMBED_POSITIONS)
+            with nogil:
+                for t in range(n * H):
+                    x[t] += tmp[t]
         if nw != NULL:
             with nogil:
                 for t in range(n):

@@ -5,11 +5,12 @@ A family describes its blocks with one BlockSpec (llmrt/blockspec.py: norm, rota
 residual style, window) and hands over Linear layers with fused QKV rows [Q heads; K heads; V heads]
 and, for gated MLPs, fused rows [gate; up].  Everything per token runs here without the GIL.
 """
+import functools
 import time
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int8_t, int32_t, int64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 from libc.math cimport cos, sin
 from libc.string cimport memcpy
 
@@ -18,12 +19,14 @@ from llmrt._kernels.kernels cimport lr_kernels, lr_attn_args, LR_QK
 from llmrt._kernels._ops import ACTIVATION_KINDS
 from llmrt._core.kvcache cimport (KVCache, segment_table, SEG_POS, SEG_LAST, SEG_WINDOWED, SEG_CTX, SEG_BEGIN,
                                    SEG_COLUMNS)
-from llmrt._core.embedding cimport Embedder
+from llmrt._core.embedding cimport Embedder, EMBED_TOKENS
 from llmrt._core.layer cimport Layer, float_ptr
 from llmrt._core.layer import float_vector
-from llmrt._core.rows cimport RowSpec, NORM_RMS, NORM_LAYER, norm_row, norm_rows, add_norm_rows, rope_store_rows
+from llmrt._core.rows cimport (RowSpec, NORM_RMS, NORM_LAYER, norm_row, norm_rows, add_norm_rows, rope_store_rows,
+                               ROPE_ROTATE, ROPE_STORE, ROPE_BOTH)
 from llmrt._core.streaming import KeyShifter
 from llmrt.blockspec import BlockSpec
+from llmrt.errors import UnsupportedError
 from llmrt._core.ops cimport clamp
 
 cnp.import_array()
@@ -37,6 +40,40 @@ NORMS = {"rms": NORM_RMS, "layer": NORM_LAYER}
 RESIDUALS = {"sequential": RES_SEQUENTIAL, "parallel": RES_PARALLEL, "parallel_shared_norm": RES_PARALLEL_SHARED_NORM}
 # rows of the output head per two-pass weight pass (decode and beams need few; prefill asks for one)
 HEAD_TWO_PASS_ROWS = 32
+
+# Hook points (research hooks, llmrt/hooks.py): a block's, in forward order, and the model's own.
+# The names are TransformerLens's; hooks.py decides which of them a model has.
+cdef enum BlockPoint:
+    P_RESID_PRE
+    P_LN1
+    P_Q
+    P_K
+    P_V
+    P_ROT_Q
+    P_ROT_K
+    P_SCORES
+    P_PATTERN
+    P_Z
+    P_ATTN_OUT
+    P_RESID_MID
+    P_LN2
+    P_MLP_PRE
+    P_MLP_PRE_LINEAR
+    P_MLP_POST
+    P_MLP_OUT
+    P_RESID_POST
+    N_POINTS
+cdef enum ModelPoint:           # row n_layer of the hook table
+    G_EMBED
+    G_POS_EMBED
+    G_LN_FINAL
+    G_UNEMBED
+BLOCK_POINTS = ("hook_resid_pre", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+                "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
+                "hook_attn_out", "hook_resid_mid", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear",
+                "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+MODEL_POINTS = ("hook_embed", "hook_pos_embed", "ln_final.hook_normalized", "unembed.hook_out")
+assert len(BLOCK_POINTS) == N_POINTS
 
 
 cdef class Engine:
@@ -53,15 +90,20 @@ cdef class Engine:
     cdef readonly list layers
     cdef readonly Embedder embedder
     cdef readonly Linear lm_head, project_out
-    cdef object final_norm_w, final_norm_b
+    cdef readonly object final_norm_w, final_norm_b
     cdef readonly int64_t max_chunk
     cdef readonly ActScratch act_scratch, head_scratch
     # StreamingLLM shifts of this model's caches (streaming.pyx: can_shift_keys, ring_advance, ...)
     cdef readonly object shifts
     # seconds spent running blocks and head (the rest of a call is argument handling in Python)
     cdef public double compute_seconds
-    # scratch, sized for max_chunk rows
+    # scratch, sized for max_chunk rows (for the whole input while hooks are set)
     cdef cnp.ndarray x, h, h2, qkv, att, o, mi, act, m, aq, ad, asum, cs, sn, hp
+    # research hooks (set_hooks): the runner called at each wanted point, and its table of wanted
+    # points, want[l * N_POINTS + point] (the model's own points in row n_layer); NULL: no hooks
+    cdef object hooks
+    cdef cnp.ndarray hook_table
+    cdef const uint8_t *want
 
     def __init__(self, *, int hidden, spec, list layers, Embedder embedder, Linear lm_head, final_norm_w=None,
                  final_norm_b=None, Linear project_out=None, int64_t max_chunk=128, str two_pass="none"):
@@ -154,6 +196,79 @@ cdef class Engine:
         self.cs = np.zeros((rows, max(self.rot_dim // 2, 1)), f)
         self.sn = np.zeros((rows, max(self.rot_dim // 2, 1)), f)
 
+    def set_hooks(self, runner):
+        """Call runner.fire(layer, point, activation) at the points runner.table (uint8, (n_layer + 1,
+        N_POINTS)) marks, until set_hooks(None).  While hooks are set every forward runs its input as
+        one chunk, so a hook sees the whole input at once; None shrinks the scratch back."""
+        if runner is None:
+            self.hooks, self.hook_table, self.want = None, None, NULL
+            if self.x.shape[0] != self.max_chunk:
+                self._alloc(self.max_chunk)
+                self.embedder.resize_rows(self.max_chunk)
+            return
+        table = np.ascontiguousarray(runner.table, dtype=np.uint8)
+        if table.shape[0] != self.n_layer + 1 or table.shape[1] != N_POINTS:
+            raise ValueError(f"the hook table must be ({self.n_layer + 1}, {N_POINTS}), got {table.shape}")
+        self.hooks, self.hook_table = runner, table
+        self.want = <const uint8_t *> cnp.PyArray_DATA(table)
+
+    cdef inline bint _wants(self, int64_t l, int p) noexcept nogil:
+        return self.want != NULL and self.want[l * N_POINTS + p] != 0
+
+    cdef int _fire(self, int64_t l, int p, object view) except -1:
+        self.hooks.fire(l, p, view)
+        return 0
+
+    def _fire_embedding(self, int64_t nseg, int64_t seg_rows, int which):
+        """The embedding's hook (Embedder.rows): token rows are in x, position rows in h."""
+        cdef int p = G_EMBED if which == EMBED_TOKENS else G_POS_EMBED
+        if self._wants(self.n_layer, p):
+            a = self.x if p == G_EMBED else self.h
+            self._fire(self.n_layer, p, a[:nseg * seg_rows].reshape(nseg, seg_rows, self.hidden))
+
+    cdef object _block_view(self, int p, int64_t nseg, int64_t seg_rows, int64_t mi_n, int64_t ff):
+        """The scratch rows holding point p of the current block, as (batch, pos, ...) views."""
+        cdef int64_t rows = nseg * seg_rows, nh = self.n_head, nkv = self.n_kv_head, hd = self.head_dim
+        if p in (P_Q, P_K, P_V, P_ROT_Q, P_ROT_K):
+            heads = self.qkv[:rows].reshape(nseg, seg_rows, nh + 2 * nkv, hd)
+            if p == P_Q or p == P_ROT_Q:
+                return heads[:, :, :nh]
+            return heads[:, :, nh:nh + nkv] if p != P_V else heads[:, :, nh + nkv:]
+        if p == P_Z:
+            return self.att[:rows].reshape(nseg, seg_rows, nh, hd)
+        if p in (P_MLP_PRE, P_MLP_PRE_LINEAR) or (p == P_MLP_POST and not self.gated):
+            mi = self.mi.reshape(-1)[:rows * mi_n].reshape(nseg, seg_rows, mi_n)
+            if not self.gated:
+                return mi
+            return mi[:, :, :ff] if p == P_MLP_PRE else mi[:, :, ff:]
+        if p == P_MLP_POST:
+            return self.act.reshape(-1)[:rows * ff].reshape(nseg, seg_rows, ff)
+        a = {P_LN1: self.h, P_LN2: self.h2, P_ATTN_OUT: self.o, P_MLP_OUT: self.m}.get(p, self.x)
+        return a[:rows].reshape(nseg, seg_rows, self.hidden)
+
+    cdef int _fire_block(self, int64_t l, int p, int64_t nseg, int64_t seg_rows, int64_t mi_n, int64_t ff) except -1:
+        return self._fire(l, p, self._block_view(p, nseg, seg_rows, mi_n, ff))
+
+    cdef void _grow_scratch(self, int64_t rows) except *:
+        if rows > self.x.shape[0]:
+            self._alloc(rows)
+            self.embedder.resize_rows(rows)
+
+    def unembed(self, x):
+        """The final norm, projection out and head of rows x (n, hidden): logits (n, vocab) float32
+        (the logit lens)."""
+        cdef cnp.ndarray xa = np.ascontiguousarray(x, dtype=np.float32)
+        if xa.ndim != 2 or xa.shape[1] != self.hidden:
+            raise ValueError(f"unembed takes rows of {self.hidden} values, got shape {np.shape(x)}")
+        cdef int64_t n = xa.shape[0], start = 0, count
+        out = np.empty((n, self.vocab), np.float32)
+        while start < n:
+            count = min(<int64_t> self.x.shape[0], n - start)
+            self.x[:count] = xa[start:start + count]
+            self._head(0, count, out[start:start + count], 0)
+            start += count
+        return out
+
     def new_cache(self, int64_t ctx, dtype="f16"):
         return KVCache(self.n_layer, self.n_kv_head, ctx, self.head_dim, dtype)
 
@@ -175,16 +290,19 @@ cdef class Engine:
                 hidden_states.append(np.empty((n, self.hidden), np.float32))
             hidden_states.append(np.empty((n, self.lm_head.k), np.float32))   # after the final norm
         out = np.empty((n if all_logits else 1, self.vocab), np.float32)
-        cdef int64_t start = 0, rows = 0
+        cdef int64_t start = 0, rows = 0, chunk = self.max_chunk
+        if self.want != NULL:
+            chunk = n
+            self._grow_scratch(n)
         t0 = time.perf_counter()
         while start < n:
-            rows = min(self.max_chunk, n - start)
+            rows = min(chunk, n - start)
             self._chunk([cache], toks[start:start + rows], hidden_states, start)
             if all_logits:
-                self._head(0, rows, out[start:start + rows])
+                self._head(0, rows, out[start:start + rows], 1)
             start += rows
         if not all_logits:
-            self._head(rows - 1, 1, out)
+            self._head(rows - 1, 1, out, 1)
         self.compute_seconds += time.perf_counter() - t0
         return out
 
@@ -192,7 +310,7 @@ cdef class Engine:
         """One new token for each of several sequences (batch rows, beams): the weights are read
         once for all of them.  Returns logits (len(caches), vocab) float32."""
         cdef cnp.ndarray toks = self._tokens(tokens)
-        cdef int64_t n = toks.shape[0], start = 0, rows
+        cdef int64_t n = toks.shape[0], start = 0, rows, chunk = self.max_chunk
         if n != len(caches):
             raise ValueError(f"forward_batch got {n} tokens for {len(caches)} caches")
         if len({id(c) for c in caches}) != n:
@@ -200,11 +318,14 @@ cdef class Engine:
         for c in caches:
             self._check_cache(c, 1)
         out = np.empty((n, self.vocab), np.float32)
+        if self.want != NULL:
+            chunk = n
+            self._grow_scratch(n)
         t0 = time.perf_counter()
         while start < n:
-            rows = min(self.max_chunk, n - start)
+            rows = min(chunk, n - start)
             self._chunk(caches[start:start + rows], toks[start:start + rows], None, 0)
-            self._head(0, rows, out[start:start + rows])
+            self._head(0, rows, out[start:start + rows], rows)
             start += rows
         self.compute_seconds += time.perf_counter() - t0
         return out
@@ -254,6 +375,7 @@ cdef class Engine:
         cdef int64_t H = self.hidden, hd = self.head_dim, nh = self.n_head, nkv = self.n_kv_head
         cdef int64_t qkv_n = (nh + 2 * nkv) * hd, att_n = nh * hd, half = self.rot_dim // 2
         cdef int64_t t, i, l, s, ff, mi_n
+        cdef int p
         cdef Layer lay
         cdef const float *anw
         cdef const float *anb
@@ -278,7 +400,8 @@ cdef class Engine:
             self.embedder.check_positions(sg[s, SEG_POS] + seg_rows - 1)
         for t in range(rows):
             pos[t] = sg[t // seg_rows, SEG_POS] + t % seg_rows
-        self.embedder.rows(toks, pos, x, h, aq, ad, asum)
+        self.embedder.rows(toks, pos, x, h, aq, ad, asum,
+                           None if self.want == NULL else functools.partial(self._fire_embedding, nseg, seg_rows))
         with nogil:
             for t in range(rows):
                 for i in range(half):
@@ -288,6 +411,8 @@ cdef class Engine:
         if want_hidden:
             hidden_states[0][hs_off:hs_off + rows] = self.x[:rows]
 
+        # Every hook point below is one test of self.want (NULL without hooks) between the steps;
+        # fused steps (rotary + store, residual add + norm) are split only when a hook sits between.
         for l in range(self.n_layer):
             lay = <Layer> self.layers[l]
             anw, anb = float_ptr(lay.attn_norm_w), float_ptr(lay.attn_norm_b)
@@ -295,52 +420,99 @@ cdef class Engine:
             ff = lay.mlp_out.k
             mi_n = lay.mlp_in.n
             with nogil:
+                if self._wants(l, P_RESID_PRE):
+                    with gil:
+                        self._fire_block(l, P_RESID_PRE, nseg, seg_rows, mi_n, ff)
                 attn_in = x
                 if not self.post_norm:
                     norm_rows(&self.rs, x, h, anw, anb, rows)
                     attn_in = h
+                    if self._wants(l, P_LN1):
+                        with gil:
+                            self._fire_block(l, P_LN1, nseg, seg_rows, mi_n, ff)
                 lay.qkv.apply(attn_in, H, rows, qkv, qkv_n, aq, ad, asum)
                 if self.qkv_clip > 0:
                     clamp(qkv, rows * qkv_n, self.qkv_clip)
-                rope_store_rows(&self.rs, qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16)
-                for s in range(nseg):
-                    a.q = qkv + s * seg_rows * qkv_n
-                    a.q_stride = qkv_n
-                    a.out = att + s * seg_rows * att_n
-                    a.out_stride = att_n
-                    a.n_tok = seg_rows
-                    a.pos0 = sg[s, SEG_LAST]
-                    a.n_head = <int> nh
-                    a.n_kv_head = <int> nkv
-                    a.head_dim = <int> hd
-                    a.kv_f16 = kv16
-                    a.k_cache = <char *> bp[s, 0] + l * nkv * sg[s, SEG_CTX] * hd * esize
-                    a.v_cache = <char *> bp[s, 1] + l * nkv * sg[s, SEG_CTX] * hd * esize
-                    a.ctx = sg[s, SEG_CTX]
-                    a.kv_begin = sg[s, SEG_BEGIN]
-                    a.window = windows[l] if sg[s, SEG_WINDOWED] else 0
-                    a.scale = self.attn_scale
-                    a.alibi_slopes = slopes
-                    K.attention(&a)
+                for p in range(P_Q, P_V + 1):
+                    if self._wants(l, p):
+                        with gil:
+                            self._fire_block(l, p, nseg, seg_rows, mi_n, ff)
+                if self._wants(l, P_ROT_Q) or self._wants(l, P_ROT_K):
+                    rope_store_rows(&self.rs, qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16, ROPE_ROTATE)
+                    with gil:
+                        for p in (P_ROT_Q, P_ROT_K):
+                            if self._wants(l, p):
+                                self._fire_block(l, p, nseg, seg_rows, mi_n, ff)
+                    rope_store_rows(&self.rs, qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16, ROPE_STORE)
+                else:
+                    rope_store_rows(&self.rs, qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16, ROPE_BOTH)
+                if self._wants(l, P_SCORES) or self._wants(l, P_PATTERN):
+                    with gil:
+                        self._attention_with_pattern(caches, l, sg, nseg, seg_rows)
+                else:
+                    for s in range(nseg):
+                        a.q = qkv + s * seg_rows * qkv_n
+                        a.q_stride = qkv_n
+                        a.out = att + s * seg_rows * att_n
+                        a.out_stride = att_n
+                        a.n_tok = seg_rows
+                        a.pos0 = sg[s, SEG_LAST]
+                        a.n_head = <int> nh
+                        a.n_kv_head = <int> nkv
+                        a.head_dim = <int> hd
+                        a.kv_f16 = kv16
+                        a.k_cache = <char *> bp[s, 0] + l * nkv * sg[s, SEG_CTX] * hd * esize
+                        a.v_cache = <char *> bp[s, 1] + l * nkv * sg[s, SEG_CTX] * hd * esize
+                        a.ctx = sg[s, SEG_CTX]
+                        a.kv_begin = sg[s, SEG_BEGIN]
+                        a.window = windows[l] if sg[s, SEG_WINDOWED] else 0
+                        a.scale = self.attn_scale
+                        a.alibi_slopes = slopes
+                        K.attention(&a)
+                if self._wants(l, P_Z):
+                    with gil:
+                        self._fire_block(l, P_Z, nseg, seg_rows, mi_n, ff)
                 lay.attn_out.apply(att, att_n, rows, o, H, aq, ad, asum)
+                if self._wants(l, P_ATTN_OUT):
+                    with gil:
+                        self._fire_block(l, P_ATTN_OUT, nseg, seg_rows, mi_n, ff)
 
                 if self.post_norm:
                     # x = norm1(x + o); x = norm2(x + mlp(x))
                     add_norm_rows(&self.rs, x, o, NULL, x, anw, anb, rows)
-                    self._mlp(lay, x, rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                    if self._wants(l, P_RESID_MID):
+                        with gil:
+                            self._fire_block(l, P_RESID_MID, nseg, seg_rows, mi_n, ff)
+                    self._mlp(lay, l, x, nseg, seg_rows, mi, mi_n, act, ff, m, aq, ad, asum)
                     add_norm_rows(&self.rs, x, m, NULL, x, mnw, mnb, rows)
                 elif self.residual == RES_SEQUENTIAL:
                     # x += o; h2 = norm(x)
-                    add_norm_rows(&self.rs, x, o, NULL, h2, mnw, mnb, rows)
-                    self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                    if self._wants(l, P_RESID_MID) or self._wants(l, P_LN2):
+                        add_norm_rows(&self.rs, x, o, NULL, NULL, NULL, NULL, rows)
+                        if self._wants(l, P_RESID_MID):
+                            with gil:
+                                self._fire_block(l, P_RESID_MID, nseg, seg_rows, mi_n, ff)
+                        norm_rows(&self.rs, x, h2, mnw, mnb, rows)
+                        if self._wants(l, P_LN2):
+                            with gil:
+                                self._fire_block(l, P_LN2, nseg, seg_rows, mi_n, ff)
+                    else:
+                        add_norm_rows(&self.rs, x, o, NULL, h2, mnw, mnb, rows)
+                    self._mlp(lay, l, h2, nseg, seg_rows, mi, mi_n, act, ff, m, aq, ad, asum)
                     add_norm_rows(&self.rs, x, m, NULL, NULL, NULL, NULL, rows)
                 else:
                     if self.residual == RES_PARALLEL:
                         norm_rows(&self.rs, x, h2, mnw, mnb, rows)
-                        self._mlp(lay, h2, rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                        if self._wants(l, P_LN2):
+                            with gil:
+                                self._fire_block(l, P_LN2, nseg, seg_rows, mi_n, ff)
+                        self._mlp(lay, l, h2, nseg, seg_rows, mi, mi_n, act, ff, m, aq, ad, asum)
                     else:
-                        self._mlp(lay, h, rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                        self._mlp(lay, l, h, nseg, seg_rows, mi, mi_n, act, ff, m, aq, ad, asum)
                     add_norm_rows(&self.rs, x, o, m, NULL, NULL, NULL, rows)
+                if self._wants(l, P_RESID_POST):
+                    with gil:
+                        self._fire_block(l, P_RESID_POST, nseg, seg_rows, mi_n, ff)
             if want_hidden and l < self.n_layer - 1:
                 hidden_states[l + 1][hs_off:hs_off + rows] = self.x[:rows]
         for s in range(nseg):
@@ -348,22 +520,84 @@ cdef class Engine:
             c.n_past += seg_rows
         if want_hidden:
             # transformers reports the last hidden state after the final norm (and projection)
-            self._head_input(0, rows)
+            self._head_input(0, rows, 0)
             hidden_states[self.n_layer][hs_off:hs_off + rows] = (self.h if self.project_out is None else self.hp)[:rows]
 
-    cdef void _mlp(self, Layer lay, float *inp, int64_t rows, float *mi, int64_t mi_n, float *act, int64_t ff,
-                   float *out, int8_t *aq, float *ad, int32_t *asum) noexcept nogil:
+    cdef int _mlp(self, Layer lay, int64_t l, float *inp, int64_t nseg, int64_t seg_rows, float *mi, int64_t mi_n,
+                  float *act, int64_t ff, float *out, int8_t *aq, float *ad, int32_t *asum) except -1 nogil:
+        cdef int64_t rows = nseg * seg_rows
+        cdef int p
         lay.mlp_in.apply(inp, self.hidden, rows, mi, mi_n, aq, ad, asum)
+        if self._wants(l, P_MLP_PRE) or self._wants(l, P_MLP_PRE_LINEAR):
+            with gil:
+                for p in (P_MLP_PRE, P_MLP_PRE_LINEAR):
+                    if self._wants(l, p):
+                        self._fire_block(l, p, nseg, seg_rows, mi_n, ff)
         if self.gated:
             active_kernels().silu_mul(mi, mi_n, rows, ff, act, ff)
-            lay.mlp_out.apply(act, ff, rows, out, self.hidden, aq, ad, asum)
         else:
             active_kernels().activate(mi, rows * mi_n, self.act_kind)
+        if self._wants(l, P_MLP_POST):
+            with gil:
+                self._fire_block(l, P_MLP_POST, nseg, seg_rows, mi_n, ff)
+        if self.gated:
+            lay.mlp_out.apply(act, ff, rows, out, self.hidden, aq, ad, asum)
+        else:
             lay.mlp_out.apply(mi, mi_n, rows, out, self.hidden, aq, ad, asum)
+        if self._wants(l, P_MLP_OUT):
+            with gil:
+                self._fire_block(l, P_MLP_OUT, nseg, seg_rows, mi_n, ff)
+        return 0
 
-    cdef float *_head_input(self, int64_t first, int64_t count) except NULL:
+    cdef int _attention_with_pattern(self, list caches, int64_t l, int64_t[:, ::1] sg, int64_t nseg,
+                                     int64_t seg_rows) except -1:
+        """Attention of block l in NumPy, for the hooks on its scores (scale q.k + ALiBi, masked
+        slots -inf) and pattern (their softmax), both (batch, head, query, key slot); the key axis
+        is the cache's slots from 0 up to the last new token's.  The kernel never builds them."""
+        cdef int64_t nh = self.n_head, nkv = self.n_kv_head, hd = self.head_dim, s
+        cdef KVCache c
+        q = self.qkv[:nseg * seg_rows].reshape(nseg, seg_rows, nh + 2 * nkv, hd)[:, :, :nh]
+        for s in range(nseg):
+            if (<KVCache> caches[s]).ring_head != 0:
+                raise UnsupportedError("attention patterns cannot be taken over a wrapped ring cache (StreamingLLM "
+                                       "with shift_roped_k): hook the pattern on a run within the context")
+        firsts = [sg[s, SEG_LAST] for s in range(nseg)]
+        width = max(firsts) + seg_rows
+        scores = np.full((nseg, nh, seg_rows, width), -np.inf, np.float32)
+        values = []
+        for s in range(nseg):
+            c = <KVCache> caches[s]
+            end = firsts[s] + seg_rows
+            keys = np.repeat(np.asarray(c.k[l, :, :end], np.float32), nh // nkv, axis=0)
+            values.append(np.repeat(np.asarray(c.v[l, :, :end], np.float32), nh // nkv, axis=0))
+            sc = np.einsum("thd,hjd->htj", q[s], keys) * np.float32(self.attn_scale)
+            slot = np.arange(end)[None, :]
+            query = (firsts[s] + np.arange(seg_rows))[:, None]
+            if self.alibi is not None:
+                sc += self.alibi[:, None, None] * (slot - query).astype(np.float32)[None]
+            masked = (slot > query) | (slot < sg[s, SEG_BEGIN])
+            if self.windows[l] > 0 and sg[s, SEG_WINDOWED]:
+                masked |= slot < query - self.windows[l] + 1
+            sc[:, masked] = -np.inf
+            scores[s, :, :, :end] = sc
+        if self._wants(l, P_SCORES):
+            self._fire(l, P_SCORES, scores)
+        top = scores.max(axis=-1, keepdims=True)
+        e = np.exp(scores - np.where(np.isfinite(top), top, 0), dtype=np.float32)
+        total = e.sum(axis=-1, keepdims=True)
+        pattern = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+        if self._wants(l, P_PATTERN):
+            self._fire(l, P_PATTERN, pattern)
+        z = self.att[:nseg * seg_rows].reshape(nseg, seg_rows, nh, hd)
+        for s in range(nseg):
+            end = firsts[s] + seg_rows
+            z[s] = np.einsum("htj,hjd->thd", pattern[s, :, :, :end], values[s])
+        return 0
+
+    cdef float *_head_input(self, int64_t first, int64_t count, int64_t hook_batch) except NULL:
         """The head's input rows for chunk rows [first, first + count): the final norm (if any) of x
-        into h, then the projection out (if any) into hp."""
+        into h, then the projection out (if any) into hp.  hook_batch > 0: fire the final norm's
+        hook with the rows as (hook_batch, count / hook_batch, hidden)."""
         cdef float *x = <float *> cnp.PyArray_DATA(self.x)
         cdef float *h = <float *> cnp.PyArray_DATA(self.h)
         cdef float *hp = <float *> cnp.PyArray_DATA(self.hp)
@@ -379,17 +613,23 @@ cdef class Engine:
                     norm_row(&self.rs, x + t * H, h + (t - first) * H, w, b)
                 else:
                     memcpy(h + (t - first) * H, x + t * H, H * sizeof(float))
-            if self.project_out is None:
-                return h
+        if hook_batch > 0 and self._wants(self.n_layer, G_LN_FINAL):
+            self._fire(self.n_layer, G_LN_FINAL, self.h[:count].reshape(hook_batch, count // hook_batch, H))
+        if self.project_out is None:
+            return h
+        with nogil:
             self.project_out.apply(h, H, count, hp, self.project_out.n, aq, ad, asum)
         return hp
 
-    cdef void _head(self, int64_t first, int64_t count, cnp.ndarray out) except *:
-        """Logits of chunk rows [first, first + count) into out (count, vocab)."""
-        cdef float *inp = self._head_input(first, count)
+    cdef void _head(self, int64_t first, int64_t count, cnp.ndarray out, int64_t hook_batch) except *:
+        """Logits of chunk rows [first, first + count) into out (count, vocab); hook_batch as for
+        _head_input (0: no hooks)."""
+        cdef float *inp = self._head_input(first, count, hook_batch)
         cdef int8_t *aq = <int8_t *> cnp.PyArray_DATA(self.aq)
         cdef float *ad = <float *> cnp.PyArray_DATA(self.ad)
         cdef int32_t *asum = <int32_t *> cnp.PyArray_DATA(self.asum)
         cdef float *y = <float *> cnp.PyArray_DATA(out)
         with nogil:
             self.lm_head.apply(inp, self.lm_head.k, count, y, self.vocab, aq, ad, asum)
+        if hook_batch > 0 and self._wants(self.n_layer, G_UNEMBED):
+            self._fire(self.n_layer, G_UNEMBED, out.reshape(hook_batch, count // hook_batch, self.vocab))

@@ -56,15 +56,17 @@ cdef void add_norm_rows(const RowSpec *s, float *x, const float *a, const float 
 
 cdef inline void _rope_store_row(const RowSpec *s, float *qkv, int64_t row, int64_t seg_rows, int64_t[:, ::1] sg,
                                  size_t[:, ::1] bp, const float *cs, const float *sn, int64_t l,
-                                 bint kv16) noexcept nogil:
-    """Rotary on row's Q and K heads, then its K and V into its sequence's cache slot (sg, bp: per
-    sequence, see Engine._chunk)."""
+                                 bint kv16, int what) noexcept nogil:
+    """Rotary on row's Q and K heads (what & ROPE_ROTATE), then its K and V into its sequence's cache
+    slot (what & ROPE_STORE; sg, bp: per sequence, see Engine._chunk)."""
     cdef int64_t hd = s.head_dim, nh = s.n_head, nkv = s.n_kv_head, half = s.rot_dim // 2
     cdef int64_t qkv_n = (nh + 2 * nkv) * hd, esize = 2 if kv16 else 4
     cdef int64_t q = row // seg_rows, t = row % seg_rows, kvh, off
     cdef float *src = qkv + row * qkv_n
-    if half > 0:
+    if half > 0 and what & ROPE_ROTATE:
         rotary(src, nh + nkv, hd, s.rot_dim, s.interleaved, cs + row * half, sn + row * half)
+    if not what & ROPE_STORE:
+        return
     for kvh in range(nkv):
         off = ((l * nkv + kvh) * sg[q, SEG_CTX] + sg[q, SEG_SLOT] + t) * hd * esize
         store_row(src + (nh + kvh) * hd, <char *> bp[q, 0] + off, hd, kv16)
@@ -72,11 +74,12 @@ cdef inline void _rope_store_row(const RowSpec *s, float *qkv, int64_t row, int6
 
 
 cdef void rope_store_rows(const RowSpec *s, float *qkv, int64_t rows, int64_t seg_rows, int64_t[:, ::1] sg,
-                          size_t[:, ::1] bp, const float *cs, const float *sn, int64_t l, bint kv16) noexcept nogil:
+                          size_t[:, ::1] bp, const float *cs, const float *sn, int64_t l, bint kv16,
+                          int what) noexcept nogil:
     cdef int64_t row
     if rows < PAR_ROWS:
         for row in range(rows):
-            _rope_store_row(s, qkv, row, seg_rows, sg, bp, cs, sn, l, kv16)
+            _rope_store_row(s, qkv, row, seg_rows, sg, bp, cs, sn, l, kv16, what)
     else:
         for row in prange(rows, schedule="static"):
-            _rope_store_row(s, qkv, row, seg_rows, sg, bp, cs, sn, l, kv16)
+            _rope_store_row(s, qkv, row, seg_rows, sg, bp, cs, sn, l, kv16, what)
