@@ -98,6 +98,10 @@ class HookRunner:
             if name in wanted:
                 self.table[row, p] = 1
 
+    def edits(self, row: int, point: int) -> bool:
+        """Whether hook functions (which may edit) run at the point, not only a capture."""
+        return bool(self.fns.get(self._name_of.get((row, point)), ()))
+
     def fire(self, row: int, point: int, view: np.ndarray) -> None:
         name = self._name_of[(row, point)]
         for fn in self.fns.get(name, ()):

@@ -246,7 +246,7 @@ class Model:
             for b in range(ids.shape[0]):
                 cache = self.new_cache(max(ids.shape[1], 1))
                 hs: list | None = [] if output_hidden_states else None
-                logits[b] = self.engine.forward(cache, ids[b], all_logits=True, hidden_states=hs)
+                self.engine.forward(cache, ids[b], all_logits=True, hidden_states=hs, out=logits[b])
                 if hs is not None:
                     hidden.append(hs)
         if check_finite:

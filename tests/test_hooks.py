@@ -195,7 +195,7 @@ def test_every_hook_point_matches_transformers(fp32, name):
     logits, cache = model.run_with_cache(ids)
     assert list(cache) == names                        # everything, in forward order
     assert all(a.dtype == np.float32 for a in cache.values())
-    assert max_rel_err(logits, model(ids).logits) <= 1e-5    # the patterns' attention runs in NumPy
+    np.testing.assert_array_equal(logits, model(ids).logits)     # capturing changes nothing
     theirs = _torch_activations(name, ref, ids, names, e.n_head, e.n_kv_head, e.head_dim)
     compared = set()
     for key in names:
@@ -450,3 +450,30 @@ def test_long_inputs_reach_hooks_whole(tiny_models):
     assert cache["blocks.1.attn.hook_pattern"].shape == (1, 4, 40, 40)
     np.testing.assert_allclose(logits, model(ids).logits, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(cache["unembed.hook_out"], logits)
+
+
+def test_pattern_hooks_change_the_output_only_when_they_edit(fp32):
+    model, _ = fp32("llama-gqa-tied")
+    ids = _prompt(model.vocab_size)
+    plain = model(ids).logits
+    noop = model.run_with_hooks(ids, [("blocks.*.attn.hook_pattern", lambda p, _: p),
+                                      ("blocks.*.attn.hook_attn_scores", lambda s, _: None)])
+    np.testing.assert_array_equal(noop, plain)
+
+    def first_key_only(p, _):
+        p[...] = 0.0
+        p[..., 0] = 1.0
+
+    logits, cache = model.run_with_cache(ids, names=["blocks.1.attn.hook_z", "blocks.1.attn.hook_v"],
+                                         fwd_hooks=[("blocks.1.attn.hook_pattern", first_key_only)])
+    v0 = np.repeat(cache["blocks.1.attn.hook_v"][:, :1], 2, axis=2)       # 4 heads share 2 KV heads
+    np.testing.assert_allclose(cache["blocks.1.attn.hook_z"], np.broadcast_to(v0, cache["blocks.1.attn.hook_z"].shape),
+                               rtol=1e-6, atol=1e-7)
+    assert max_rel_err(logits, plain) > 1e-3
+
+    def no_attention_to_the_first_key(s, _):
+        s[..., 0] = -np.inf
+        return s
+
+    edited = model.run_with_hooks(ids[:, :5], [("blocks.0.attn.hook_attn_scores", no_attention_to_the_first_key)])
+    assert max_rel_err(edited[:, 1:], model(ids[:, :5]).logits[:, 1:]) > 1e-3

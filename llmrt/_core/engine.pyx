@@ -277,10 +277,11 @@ cdef class Engine:
         return sum(a.nbytes for a in (self.x, self.h, self.h2, self.qkv, self.att, self.o, self.mi, self.act,
                                       self.m, self.aq, self.ad, self.asum, self.cs, self.sn, self.hp, self.embedder.e))
 
-    def forward(self, KVCache cache, tokens, bint all_logits=False, list hidden_states=None):
+    def forward(self, KVCache cache, tokens, bint all_logits=False, list hidden_states=None, out=None):
         """Append tokens to the sequence in cache and return logits: (n, vocab) float32 if
-        all_logits else (1, vocab) for the last token.  hidden_states (a list) receives
-        n_layer + 1 arrays (n, hidden) like transformers' output_hidden_states."""
+        all_logits else (1, vocab) for the last token (written into out when given: a C-contiguous
+        float32 array of that shape).  hidden_states (a list) receives n_layer + 1 arrays (n, hidden)
+        like transformers' output_hidden_states."""
         cdef cnp.ndarray toks = self._tokens(tokens)
         cdef int64_t n = toks.shape[0]
         self._check_cache(cache, n)
@@ -289,7 +290,12 @@ cdef class Engine:
             for _ in range(self.n_layer):
                 hidden_states.append(np.empty((n, self.hidden), np.float32))
             hidden_states.append(np.empty((n, self.lm_head.k), np.float32))   # after the final norm
-        out = np.empty((n if all_logits else 1, self.vocab), np.float32)
+        shape = (n if all_logits else 1, self.vocab)
+        if out is None:
+            out = np.empty(shape, np.float32)
+        elif not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == np.float32
+                  and out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous float32 array of shape {shape}")
         cdef int64_t start = 0, rows = 0, chunk = self.max_chunk
         if self.want != NULL:
             chunk = n
@@ -446,29 +452,28 @@ cdef class Engine:
                     rope_store_rows(&self.rs, qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16, ROPE_STORE)
                 else:
                     rope_store_rows(&self.rs, qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16, ROPE_BOTH)
+                for s in range(nseg):
+                    a.q = qkv + s * seg_rows * qkv_n
+                    a.q_stride = qkv_n
+                    a.out = att + s * seg_rows * att_n
+                    a.out_stride = att_n
+                    a.n_tok = seg_rows
+                    a.pos0 = sg[s, SEG_LAST]
+                    a.n_head = <int> nh
+                    a.n_kv_head = <int> nkv
+                    a.head_dim = <int> hd
+                    a.kv_f16 = kv16
+                    a.k_cache = <char *> bp[s, 0] + l * nkv * sg[s, SEG_CTX] * hd * esize
+                    a.v_cache = <char *> bp[s, 1] + l * nkv * sg[s, SEG_CTX] * hd * esize
+                    a.ctx = sg[s, SEG_CTX]
+                    a.kv_begin = sg[s, SEG_BEGIN]
+                    a.window = windows[l] if sg[s, SEG_WINDOWED] else 0
+                    a.scale = self.attn_scale
+                    a.alibi_slopes = slopes
+                    K.attention(&a)
                 if self._wants(l, P_SCORES) or self._wants(l, P_PATTERN):
                     with gil:
-                        self._attention_with_pattern(caches, l, sg, nseg, seg_rows)
-                else:
-                    for s in range(nseg):
-                        a.q = qkv + s * seg_rows * qkv_n
-                        a.q_stride = qkv_n
-                        a.out = att + s * seg_rows * att_n
-                        a.out_stride = att_n
-                        a.n_tok = seg_rows
-                        a.pos0 = sg[s, SEG_LAST]
-                        a.n_head = <int> nh
-                        a.n_kv_head = <int> nkv
-                        a.head_dim = <int> hd
-                        a.kv_f16 = kv16
-                        a.k_cache = <char *> bp[s, 0] + l * nkv * sg[s, SEG_CTX] * hd * esize
-                        a.v_cache = <char *> bp[s, 1] + l * nkv * sg[s, SEG_CTX] * hd * esize
-                        a.ctx = sg[s, SEG_CTX]
-                        a.kv_begin = sg[s, SEG_BEGIN]
-                        a.window = windows[l] if sg[s, SEG_WINDOWED] else 0
-                        a.scale = self.attn_scale
-                        a.alibi_slopes = slopes
-                        K.attention(&a)
+                        self._attention_pattern(caches, l, sg, nseg, seg_rows)
                 if self._wants(l, P_Z):
                     with gil:
                         self._fire_block(l, P_Z, nseg, seg_rows, mi_n, ff)
@@ -549,11 +554,12 @@ cdef class Engine:
                 self._fire_block(l, P_MLP_OUT, nseg, seg_rows, mi_n, ff)
         return 0
 
-    cdef int _attention_with_pattern(self, list caches, int64_t l, int64_t[:, ::1] sg, int64_t nseg,
-                                     int64_t seg_rows) except -1:
-        """Attention of block l in NumPy, for the hooks on its scores (scale q.k + ALiBi, masked
-        slots -inf) and pattern (their softmax), both (batch, head, query, key slot); the key axis
-        is the cache's slots from 0 up to the last new token's.  The kernel never builds them."""
+    cdef int _attention_pattern(self, list caches, int64_t l, int64_t[:, ::1] sg, int64_t nseg,
+                                int64_t seg_rows) except -1:
+        """Block l's attention scores (scale q.k + ALiBi, masked slots -inf) and pattern (their
+        softmax), both (batch, head, query, key slot) with the cache's slots from 0 up to the last new
+        token's, built in NumPy for their hooks (the kernel never forms them).  Only if a hook edits
+        them is z recomputed from them here; otherwise the kernel's z stands."""
         cdef int64_t nh = self.n_head, nkv = self.n_kv_head, hd = self.head_dim, s
         cdef KVCache c
         q = self.qkv[:nseg * seg_rows].reshape(nseg, seg_rows, nh + 2 * nkv, hd)[:, :, :nh]
@@ -570,7 +576,12 @@ cdef class Engine:
             end = firsts[s] + seg_rows
             keys = np.repeat(np.asarray(c.k[l, :, :end], np.float32), nh // nkv, axis=0)
             values.append(np.repeat(np.asarray(c.v[l, :, :end], np.float32), nh // nkv, axis=0))
-            sc = np.einsum("thd,hjd->htj", q[s], keys) * np.float32(self.attn_scale)
+            sc = scores[s, :, :, :end]            # built in place: a pattern can be tens of MiB
+            if end == width:
+                np.matmul(q[s].transpose(1, 0, 2), keys.transpose(0, 2, 1), out=sc)
+            else:
+                sc[...] = np.matmul(q[s].transpose(1, 0, 2), keys.transpose(0, 2, 1))
+            sc *= np.float32(self.attn_scale)
             slot = np.arange(end)[None, :]
             query = (firsts[s] + np.arange(seg_rows))[:, None]
             if self.alibi is not None:
@@ -579,19 +590,29 @@ cdef class Engine:
             if self.windows[l] > 0 and sg[s, SEG_WINDOWED]:
                 masked |= slot < query - self.windows[l] + 1
             sc[:, masked] = -np.inf
-            scores[s, :, :, :end] = sc
+        edited = False
         if self._wants(l, P_SCORES):
+            before = scores.copy() if self.hooks.edits(l, P_SCORES) else None
             self._fire(l, P_SCORES, scores)
+            edited = before is not None and not np.array_equal(before, scores)
+        # the softmax in the scores' own buffer (their hooks are done; a 512-token pattern of a
+        # 32-head block is 32 MiB)
         top = scores.max(axis=-1, keepdims=True)
-        e = np.exp(scores - np.where(np.isfinite(top), top, 0), dtype=np.float32)
-        total = e.sum(axis=-1, keepdims=True)
-        pattern = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+        pattern = scores
+        pattern -= np.where(np.isfinite(top), top, 0)
+        np.exp(pattern, out=pattern)
+        total = pattern.sum(axis=-1, keepdims=True)
+        np.divide(pattern, total, out=pattern, where=total > 0)
         if self._wants(l, P_PATTERN):
+            before = pattern.copy() if self.hooks.edits(l, P_PATTERN) else None
             self._fire(l, P_PATTERN, pattern)
+            edited = edited or (before is not None and not np.array_equal(before, pattern))
+        if not edited:
+            return 0
         z = self.att[:nseg * seg_rows].reshape(nseg, seg_rows, nh, hd)
         for s in range(nseg):
             end = firsts[s] + seg_rows
-            z[s] = np.einsum("htj,hjd->thd", pattern[s, :, :, :end], values[s])
+            z[s] = np.matmul(pattern[s, :, :, :end], values[s]).transpose(1, 0, 2)
         return 0
 
     cdef float *_head_input(self, int64_t first, int64_t count, int64_t hook_batch) except NULL:
