@@ -8,13 +8,33 @@ import numpy as np
 from llmrt.errors import InvalidArgumentError
 
 
+def final_norm(engine: Any, x: np.ndarray) -> np.ndarray:
+    """The model's final norm of rows x (n, hidden) (identity without one)."""
+    spec, w, b = engine.spec, engine.final_norm_w, engine.final_norm_b
+    if w is None:
+        return x
+    x64 = x.astype(np.float64)
+    if spec.norm == "rms":
+        y = x64 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + spec.norm_eps) * w
+    else:
+        centred = x64 - x64.mean(axis=-1, keepdims=True)
+        y = centred / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + spec.norm_eps) * w
+        if b is not None:
+            y = y + b
+    return y.astype(np.float32)
+
+
 def unembed(engine: Any, resid: Any) -> np.ndarray:
-    """The final norm (and projection) and head of residual vectors (..., hidden): (..., vocab)."""
+    """The final norm (and projection) and head of residual vectors (..., hidden): (..., vocab).
+    It uses none of the engine's scratch, so a hook may call it in the middle of a forward pass."""
     x = np.asarray(resid, dtype=np.float32)
     if x.ndim == 0 or x.shape[-1] != engine.hidden:
         raise InvalidArgumentError(f"unembed takes residual vectors of {engine.hidden} values (..., {engine.hidden}), "
                                    f"got shape {x.shape}")
-    return engine.unembed(x.reshape(-1, engine.hidden)).reshape(*x.shape[:-1], engine.vocab)
+    rows = final_norm(engine, x.reshape(-1, engine.hidden))
+    if engine.project_out is not None:
+        rows = engine.project_out(rows)
+    return engine.lm_head(rows).reshape(*x.shape[:-1], engine.vocab)
 
 
 def _cached(cache: dict, name: str) -> np.ndarray:

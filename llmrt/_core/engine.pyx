@@ -254,21 +254,6 @@ cdef class Engine:
             self._alloc(rows)
             self.embedder.resize_rows(rows)
 
-    def unembed(self, x):
-        """The final norm, projection out and head of rows x (n, hidden): logits (n, vocab) float32
-        (the logit lens)."""
-        cdef cnp.ndarray xa = np.ascontiguousarray(x, dtype=np.float32)
-        if xa.ndim != 2 or xa.shape[1] != self.hidden:
-            raise ValueError(f"unembed takes rows of {self.hidden} values, got shape {np.shape(x)}")
-        cdef int64_t n = xa.shape[0], start = 0, count
-        out = np.empty((n, self.vocab), np.float32)
-        while start < n:
-            count = min(<int64_t> self.x.shape[0], n - start)
-            self.x[:count] = xa[start:start + count]
-            self._head(0, count, out[start:start + count], 0)
-            start += count
-        return out
-
     def new_cache(self, int64_t ctx, dtype="f16"):
         return KVCache(self.n_layer, self.n_kv_head, ctx, self.head_dim, dtype)
 
