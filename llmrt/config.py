@@ -13,7 +13,7 @@ import numpy as np
 
 import llmrt.validation as v
 from llmrt.blockspec import MLPS, NORM_PLACEMENTS, NORMS, POSITIONS, RESIDUALS, BlockSpec, alibi_slopes
-from llmrt.errors import ConfigError, InvalidArgumentError
+from llmrt.errors import ConfigError, InvalidArgumentError, UnsupportedError
 
 ALIBI_KINDS = ("bloom", "mpt", "falcon")
 
@@ -69,6 +69,15 @@ class ModelConfig:
             if scaling["rope_type"] == "linear":
                 return (inv / scaling["factor"]).astype(np.float32)
             return _llama3_inv_freq(inv, scaling)
+
+    def check_context(self, n_tokens: int) -> None:
+        """Refuse a context of more than max_position_embeddings tokens when the family made that a
+        hard limit (extra["context_limit"]: why, and how to stay within it): past it the model's own
+        arithmetic is one the engine does not implement (Qwen's dynamic NTK / logn attention)."""
+        reason = self.extra.get("context_limit") if isinstance(self.extra, dict) else None
+        if reason and n_tokens > self.max_position_embeddings:
+            raise UnsupportedError(f"a context of {n_tokens} tokens is longer than the "
+                                   f"{self.max_position_embeddings} this model runs: {reason}")
 
     def validate(self) -> "ModelConfig":
         """Check every field the engine uses, type and range, once before the engine is built (a bad
