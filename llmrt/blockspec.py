@@ -35,6 +35,10 @@ class BlockSpec:
     sliding_window: keys visible to a query (0: all); layer_windows, if given, one per layer.
     attn_scale: None means head_dim ** -0.5.  qkv_clip: clamp QKV outputs to +-qkv_clip (0: off).
     final_norm: whether a norm follows the last block.
+    logn_from: S > 0 scales queries at positions p >= S by ln(p + 1) / ln(S) (Qwen's logn attention).
+    ntk_from: S > 0 rotates a sequence whose first forward is longer than S tokens (L) at the base
+        raised by alpha ** (d / (d - 2)), alpha = max(2 ** ceil(log2(L / S) + 1) - 1, 1) (Qwen's dynamic
+        NTK), for all of that sequence; d is rotary_dim.
     """
 
     n_heads: int
@@ -56,6 +60,8 @@ class BlockSpec:
     attn_scale: float | None = None
     qkv_clip: float = 0.0
     final_norm: bool = True
+    logn_from: int = 0
+    ntk_from: int = 0
 
     def __post_init__(self) -> None:
         def bad(what: str) -> None:
@@ -96,6 +102,13 @@ class BlockSpec:
         object.__setattr__(self, "layer_windows", tuple(int(w) for w in self.layer_windows))
         if self.attn_scale is not None and not self.attn_scale > 0:
             bad(f"attn_scale must be positive, got {self.attn_scale}")
+        for name in ("logn_from", "ntk_from"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                bad(f"{name} must be an int >= 0 (0: off), got {getattr(self, name)!r}")
+        if self.ntk_from and self.rotary_dim <= 2:
+            bad(f"dynamic NTK (ntk_from) needs rotary_dim > 2, got {self.rotary_dim}")
+        if self.logn_from == 1:
+            bad("logn_from must be 0 (off) or at least 2: the query scale divides by ln(logn_from)")
         if not self.qkv_clip >= 0:
             bad(f"qkv_clip must be >= 0 (0: off), got {self.qkv_clip}")
 

@@ -13,7 +13,7 @@ import numpy as np
 
 import llmrt.validation as v
 from llmrt.blockspec import MLPS, NORM_PLACEMENTS, NORMS, POSITIONS, RESIDUALS, BlockSpec, alibi_slopes
-from llmrt.errors import ConfigError, InvalidArgumentError, UnsupportedError
+from llmrt.errors import ConfigError, InvalidArgumentError
 
 ALIBI_KINDS = ("bloom", "mpt", "falcon")
 
@@ -47,6 +47,10 @@ class ModelConfig:
     layer_windows: list[int] | None = None   # one sliding window per layer (Qwen2's max_window_layers)
     attn_scale: float | None = None      # None: head_dim ** -0.5
     qkv_clip: float = 0.0                # clamp QKV outputs (MPT clip_qkv); 0: off
+    # Qwen (v1) past its training length S: queries at positions >= S scaled by ln(p + 1) / ln(S)
+    # (logn_attn_from = S), and a prefill longer than S raising the rotary base (dynamic_ntk_from = S)
+    logn_attn_from: int = 0
+    dynamic_ntk_from: int = 0
     final_norm: bool = True
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
@@ -69,15 +73,6 @@ class ModelConfig:
             if scaling["rope_type"] == "linear":
                 return (inv / scaling["factor"]).astype(np.float32)
             return _llama3_inv_freq(inv, scaling)
-
-    def check_context(self, n_tokens: int) -> None:
-        """Refuse a context of more than max_position_embeddings tokens when the family made that a
-        hard limit (extra["context_limit"]: why, and how to stay within it): past it the model's own
-        arithmetic is one the engine does not implement (Qwen's dynamic NTK / logn attention)."""
-        reason = self.extra.get("context_limit") if isinstance(self.extra, dict) else None
-        if reason and n_tokens > self.max_position_embeddings:
-            raise UnsupportedError(f"a context of {n_tokens} tokens is longer than the "
-                                   f"{self.max_position_embeddings} this model runs: {reason}")
 
     def validate(self) -> "ModelConfig":
         """Check every field the engine uses, type and range, once before the engine is built (a bad
@@ -128,6 +123,8 @@ class ModelConfig:
         if self.attn_scale is not None:
             v.as_float(self.attn_scale, "attn_scale", positive=True)
         v.as_float(self.qkv_clip, "qkv_clip", min_value=0.0)
+        v.as_int(self.logn_attn_from, "logn_attn_from", min_value=0)
+        v.as_int(self.dynamic_ntk_from, "dynamic_ntk_from", min_value=0)
 
     def _check_tokens(self) -> None:
         self._drop_special_ids_outside_the_vocabulary()
@@ -168,7 +165,8 @@ class ModelConfig:
                          rotary_interleaved=self.rotary_interleaved, inv_freq=self.inv_freq(), alibi_slopes=slopes,
                          position_offset=self.position_offset, sliding_window=self.sliding_window,
                          layer_windows=tuple(self.layer_windows or ()), attn_scale=self.attn_scale,
-                         qkv_clip=self.qkv_clip, final_norm=self.final_norm)
+                         qkv_clip=self.qkv_clip, final_norm=self.final_norm, logn_from=self.logn_attn_from,
+                         ntk_from=self.dynamic_ntk_from)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -227,7 +227,6 @@ class Model:
         """An empty KV cache holding up to ctx_size tokens (for engine.forward)."""
         if isinstance(ctx_size, bool) or not isinstance(ctx_size, (int, np.integer)) or ctx_size < 1:
             raise InvalidArgumentError(f"ctx_size must be a positive integer, got {ctx_size!r}")
-        self.config.check_context(int(ctx_size))
         check_kv_memory(self.config, 1, int(ctx_size), self.memory_dtype)
         return self.engine.new_cache(int(ctx_size), self.memory_dtype)
 

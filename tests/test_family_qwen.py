@@ -8,8 +8,9 @@ remote code anywhere), against transformers models holding the same weights:
 - Phi3ForCausalLM (partial rotary on NeoX halves, which Qwen2 lacks) with a biased qkv projection
   for rotary_pct < 1.
 
-Beyond seq_length Qwen's use_dynamic_ntk / use_logn_attn change the arithmetic; llmrt refuses that
-range (tested at the end), within it they are no-ops, so the references above are exact there."""
+Beyond seq_length Qwen's use_dynamic_ntk / use_logn_attn change the arithmetic (within it they are
+no-ops, so the references above are exact there); past it llmrt is checked against Qwen's forward
+written out in NumPy (qwen_forward), prefill and cached decoding both (tested at the end)."""
 from __future__ import annotations
 
 import dataclasses
@@ -144,13 +145,16 @@ def reference(cfg: dict, t: dict[str, np.ndarray]) -> torch.nn.Module:
     return ref.float().eval()
 
 
-def qwen_forward(cfg: dict, t: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
-    """QWenLMHeadModel's forward of one sequence without a cache, written out from Qwen's modeling code
-    in float64, dynamic NTK and logn attention included: what the transformers stand-ins replace."""
+def qwen_forward(cfg: dict, t: dict[str, np.ndarray], ids: np.ndarray, prefill: int | None = None) -> np.ndarray:
+    """QWenLMHeadModel's forward of one sequence, written out from Qwen's modeling code in float64,
+    dynamic NTK and logn attention included: what the transformers stand-ins replace.  prefill: the
+    length of the sequence's first (uncached) forward, whose NTK alpha Qwen keeps for every later
+    cached step (default: all of ids in one forward)."""
     h, heads, n, seq = cfg["hidden_size"], cfg["num_attention_heads"], len(ids), cfg["seq_length"]
     d = h // heads
     rot = d if cfg["rotary_pct"] == 1.0 else int(d * cfg["rotary_pct"])
-    alpha = max(2 ** math.ceil(math.log(n / seq, 2) + 1) - 1, 1) if cfg["use_dynamic_ntk"] else 1
+    first = n if prefill is None else prefill
+    alpha = max(2 ** math.ceil(math.log(first / seq, 2) + 1) - 1, 1) if cfg["use_dynamic_ntk"] else 1
     base = cfg["rotary_emb_base"] * alpha ** (rot / (rot - 2))
     angles = np.outer(np.arange(n), 1.0 / base ** (np.arange(0, rot, 2) / rot))
     cos, sin = np.cos(np.concatenate([angles] * 2, -1))[:, None], np.sin(np.concatenate([angles] * 2, -1))[:, None]
@@ -239,8 +243,9 @@ def test_config_reads_qwens_fields(qwen, name):
     assert c.intermediate_size == cfg["intermediate_size"] // 2 and c.norm_eps == cfg["layer_norm_epsilon"]
     assert c.rotary_dim == int(head * cfg["rotary_pct"]) and c.rope_theta == cfg["rotary_emb_base"]
     assert not c.tie_word_embeddings and not c.rotary_interleaved
-    limited = cfg["use_dynamic_ntk"] or cfg["use_logn_attn"]
-    assert c.max_position_embeddings == (cfg["seq_length"] if limited else cfg["max_position_embeddings"])
+    assert c.max_position_embeddings == cfg["max_position_embeddings"]
+    assert c.logn_attn_from == (cfg["seq_length"] if cfg["use_logn_attn"] else 0)
+    assert c.dynamic_ntk_from == (cfg["seq_length"] if cfg["use_dynamic_ntk"] else 0)
 
 
 def _config(**over):
@@ -503,64 +508,72 @@ def test_reevaluation_equals_the_reference_window(qwen, name, discard):
     _check_steps(out, ref, window)
 
 
-# ---------------------------------------------------------------------------------- seq_length limit
-def test_past_seq_length_is_refused_with_the_flags_on(qwen):
-    """use_dynamic_ntk / use_logn_attn act past seq_length, which llmrt does not implement: up to
-    seq_length tokens the model is exact, one more is an UnsupportedError saying what to do."""
-    path, ref, cfg, _ = qwen("qwen-4heads@seq_length=16")
+# ---------------------------------------------------------------------------------- past seq_length
+FLAG_CASES = ["", ",use_dynamic_ntk=false", ",use_logn_attn=false", ",use_dynamic_ntk=false,use_logn_attn=false"]
+
+
+@pytest.mark.parametrize("flags", FLAG_CASES)
+@pytest.mark.parametrize("key", ["qwen-4heads", "qwen-pct50"])
+def test_long_prompts_match_qwens_forward_past_seq_length(qwen, key, flags):
+    """24- and 40-token prompts on a seq_length of 16: dynamic NTK raises the base (alpha 3 and 7) and
+    logn attention scales the queries past position 16, each exactly as Qwen's forward does."""
+    path, _, cfg, t = qwen(f"{key}@seq_length=16{flags}")
     model = _load(path)
-    assert model.config.max_position_embeddings == 16
-    ids = _prompt(cfg["vocab_size"], 17)
-    assert max_rel_err(model(ids[:, :16]).logits, _hf_logits(ref, ids[:, :16])) <= 1e-4
-    msg = r"seq_length=16.*use_dynamic_ntk.*use_logn_attn|use_dynamic_ntk=true and use_logn_attn=true.*seq_length=16"
-    with pytest.raises(UnsupportedError, match=msg):
-        model(ids)
-    with pytest.raises(UnsupportedError, match="17 tokens"):
-        model.new_cache(17)
-    prompt = ids[:, :10]
-    np.testing.assert_array_equal(model.generate(prompt, max_new_tokens=6, eos_token_id=None),
-                                  _hf(ref, prompt, max_new_tokens=6, eos_token_id=None))
-    for kw in (dict(max_new_tokens=7), dict(max_new_tokens=3, ctx_size=32), dict(max_new_tokens=3, num_beams=2,
-                                                                                  ctx_size=17)):
-        with pytest.raises(UnsupportedError, match="shift_roped_k"):
-            model.generate(prompt, eos_token_id=None, **kw)
-    # streaming within seq_length keeps generating: the window never holds more than 16 tokens
-    for kw in (dict(shift_roped_k=True), dict(n_discard=4)):
-        assert model.generate(prompt, max_new_tokens=40, eos_token_id=None, n_keep=KEEP, **kw).shape == (1, 50)
-    # interactive turns share the 16-token context (the default ctx_size is seq_length)
-    model.generate(prompt, interactive=True, max_new_tokens=3, eos_token_id=None)
-    with pytest.raises(ValueError, match="ctx_size=16"):
-        model.generate(prompt[:, :5], interactive=True, max_new_tokens=3, eos_token_id=None)
+    for n in (16, 24, 40):
+        ids = _prompt(cfg["vocab_size"], n, seed=n)[0]
+        assert max_rel_err(model(ids[None]).logits[0], qwen_forward(cfg, t, ids)) <= 1e-4, n
 
 
-@pytest.mark.parametrize("name", ["qwen-4heads@seq_length=16", "qwen-pct50@seq_length=16"])
-def test_the_flags_are_no_ops_up_to_seq_length_and_not_past_it(qwen, name):
-    """Qwen's own forward with both flags on equals llmrt at seq_length tokens; past it each flag
-    changes the logits, which is why llmrt refuses that range rather than run it plainly."""
-    path, _, cfg, t = qwen(name)
+def test_the_switches_change_the_logits_past_seq_length_only(qwen):
+    """Why they are implemented rather than ignored: each flag alone moves the logits past seq_length."""
+    path, _, cfg, t = qwen("qwen-4heads@seq_length=16")
     ids = _prompt(cfg["vocab_size"], 24)[0]
-    assert max_rel_err(_load(path)(ids[None, :16]).logits[0], qwen_forward(cfg, t, ids[:16])) <= 1e-4
     plain = qwen_forward(dict(cfg, use_dynamic_ntk=False, use_logn_attn=False), t, ids)
     for flag in ("use_dynamic_ntk", "use_logn_attn"):
         only = {**cfg, "use_dynamic_ntk": False, "use_logn_attn": False, flag: True}
-        err = max_rel_err(qwen_forward(only, t, ids), plain)
-        assert err > 1e-3, f"{flag}: {err:.2e}"
+        assert max_rel_err(qwen_forward(only, t, ids), plain) > 1e-3, flag
+        assert max_rel_err(qwen_forward(only, t, ids[:16]), plain[:16]) <= 1e-12, flag
 
 
-def test_the_limit_names_the_flags_set_and_survives_save(qwen, tmp_path):
-    path, _, _, _ = qwen("qwen-4heads@seq_length=16,use_dynamic_ntk=false")
+@pytest.mark.parametrize("prompt_len", [10, 20])
+def test_cached_decoding_past_seq_length_keeps_the_prefills_alpha(qwen, prompt_len):
+    """Greedy decoding from a prompt shorter (alpha 1, logn from position 16 on) or longer (alpha 3
+    fixed at the prefill) than seq_length: every step's logits are Qwen's for that prefill."""
+    path, _, cfg, t = qwen("qwen-4heads@seq_length=16")
+    model = _load(path)
+    prompt = _prompt(cfg["vocab_size"], prompt_len, seed=5)
+    out = model.generate(prompt, max_new_tokens=12, eos_token_id=None, output_logits=True,
+                         return_dict_in_generate=True)
+    seq = [int(x) for x in out.sequences[0]]
+    for i, got in enumerate(out.logits):
+        want = qwen_forward(cfg, t, np.array(seq[:prompt_len + i]), prefill=prompt_len)[-1]
+        assert max_rel_err(got[0], want) <= 1e-4, f"step {i}"
+        assert int(np.argmax(got[0])) == seq[prompt_len + i]
+
+
+def test_streaming_after_a_long_prefill(qwen):
+    """A prefill past seq_length rotates its keys at a raised base that the StreamingLLM key shifts do
+    not re-rotate: shift_roped_k is refused by name; re-evaluation runs; a short prefill shifts."""
+    path, _, cfg, _ = qwen("qwen-4heads@seq_length=16")
+    model = _load(path)
+    long_prompt, short_prompt = _prompt(cfg["vocab_size"], 20), _prompt(cfg["vocab_size"], 10)
+    with pytest.raises(ValueError, match="dynamic NTK"):
+        model.generate(long_prompt, max_new_tokens=30, eos_token_id=None, ctx_size=24, n_keep=KEEP,
+                       shift_roped_k=True)
+    assert model.generate(long_prompt, max_new_tokens=30, eos_token_id=None, ctx_size=24, n_keep=KEEP,
+                          n_discard=4).shape == (1, 50)
+    assert model.generate(short_prompt, max_new_tokens=30, eos_token_id=None, ctx_size=14, n_keep=KEEP,
+                          shift_roped_k=True).shape == (1, 40)
+
+
+def test_the_switches_survive_save(qwen, tmp_path):
+    path, _, cfg, t = qwen("qwen-4heads@seq_length=16,use_dynamic_ntk=false")
     model = _load(path)
     saved = Model.load(model.save(tmp_path / "m.llmrt"))
-    for m in (model, saved):
-        with pytest.raises(UnsupportedError, match="use_logn_attn=true, which") as info:
-            m(np.arange(3, 20)[None])
-        assert "use_dynamic_ntk" not in str(info.value)
-    # both flags off: Qwen's arithmetic has no seq_length, the context is max_position_embeddings
-    path, ref, cfg, _ = qwen("qwen-4heads@seq_length=16,use_dynamic_ntk=false,use_logn_attn=false")
-    model = _load(path)
-    assert model.config.max_position_embeddings == cfg["max_position_embeddings"]
-    ids = _prompt(cfg["vocab_size"], 40)
-    assert max_rel_err(model(ids).logits, _hf_logits(ref, ids)) <= 1e-4
+    assert (saved.config.logn_attn_from, saved.config.dynamic_ntk_from) == (16, 0)
+    ids = _prompt(cfg["vocab_size"], 24)
+    np.testing.assert_array_equal(saved(ids).logits, model(ids).logits)
+    assert max_rel_err(saved(ids).logits[0], qwen_forward(cfg, t, ids[0])) <= 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- GGUF
@@ -600,9 +613,11 @@ def test_llamacpp_gguf_matches_the_hf_directory(qwen, tmp_path, name):
     assert g.norm_eps == pytest.approx(h.norm_eps, rel=1e-6)          # GGUF stores it as float32
     assert dataclasses.replace(g, max_position_embeddings=0, extra={}, norm_eps=0, bos_token_id=None,
                                eos_token_id=None, pad_token_id=None) == \
-        dataclasses.replace(h, max_position_embeddings=0, extra={}, norm_eps=0)
-    # llama.cpp runs neither dynamic NTK nor logn attention: its context is the file's
-    assert g.max_position_embeddings == cfg["max_position_embeddings"] and "context_limit" not in g.extra
+        dataclasses.replace(h, max_position_embeddings=0, extra={}, norm_eps=0, logn_attn_from=0,
+                            dynamic_ntk_from=0)
+    # llama.cpp runs neither dynamic NTK nor logn attention
+    assert g.max_position_embeddings == cfg["max_position_embeddings"]
+    assert (g.logn_attn_from, g.dynamic_ntk_from) == (0, 0)
     ids = _prompt(cfg["vocab_size"], 20, seed=3)
     got = from_gguf(ids).logits
     assert max_rel_err(got, from_hf(ids).logits) <= 1e-5

@@ -11,7 +11,7 @@ import time
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
-from libc.math cimport cos, sin
+from libc.math cimport cos, sin, log, ceil, log2, pow
 from libc.string cimport memcpy
 
 from llmrt._kernels._ops cimport ActScratch, Linear, active_kernels
@@ -86,6 +86,8 @@ cdef class Engine:
     cdef bint gated, post_norm
     cdef int act_kind
     cdef float attn_scale, qkv_clip
+    # Qwen past its training length (BlockSpec.logn_from / ntk_from; 0: off)
+    cdef int64_t logn_from, ntk_from
     cdef object inv_freq, alibi, windows
     cdef readonly list layers
     cdef readonly Embedder embedder
@@ -129,6 +131,7 @@ cdef class Engine:
         self.shifts = KeyShifter(spec.positions, self.rot_dim, spec.rotary_interleaved, self.inv_freq,
                                  min([w for w in self.windows if w > 0], default=0))
         self.attn_scale, self.qkv_clip = spec.scale, spec.qkv_clip
+        self.logn_from, self.ntk_from = spec.logn_from, spec.ntk_from
         self.layers = layers
         self.embedder, self.lm_head, self.project_out = embedder, lm_head, project_out
         self.final_norm_w, self.final_norm_b = float_vector(final_norm_w), float_vector(final_norm_b)
@@ -285,6 +288,9 @@ cdef class Engine:
         if self.want != NULL:
             chunk = n
             self._grow_scratch(n)
+        if self.ntk_from > 0 and cache.n_past == 0:
+            # the sequence's first forward fixes its rotary base for good (Qwen's dynamic NTK)
+            cache.rope_inv_freq = self._ntk_inv_freq(n) if n > self.ntk_from else None
         t0 = time.perf_counter()
         while start < n:
             rows = min(chunk, n - start)
@@ -320,6 +326,20 @@ cdef class Engine:
             start += rows
         self.compute_seconds += time.perf_counter() - t0
         return out
+
+    cdef cnp.ndarray _rotary_freqs(self, list caches):
+        """The model's inverse frequencies, or with dynamic NTK one row per sequence (a cache's own)."""
+        if self.ntk_from == 0:
+            return self.inv_freq
+        return np.ascontiguousarray(np.stack([self.inv_freq if c.rope_inv_freq is None else c.rope_inv_freq
+                                              for c in caches]), dtype=np.float32)
+
+    def _ntk_inv_freq(self, int64_t length):
+        """Inverse frequencies at Qwen's raised base b * alpha ** (d / (d - 2)) for a first forward of
+        length tokens: b ** (-2i / d) times alpha ** (-2i / (d - 2))."""
+        cdef double alpha = max(pow(2.0, ceil(log2(<double> length / self.ntk_from) + 1.0)) - 1.0, 1.0)
+        i = np.arange(self.rot_dim // 2, dtype=np.float64)
+        return (self.inv_freq.astype(np.float64) * alpha ** (-2.0 * i / (self.rot_dim - 2))).astype(np.float32)
 
     cdef cnp.ndarray _tokens(self, tokens):
         cdef cnp.ndarray toks = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
@@ -360,7 +380,11 @@ cdef class Engine:
         cdef int32_t *asum = <int32_t *> cnp.PyArray_DATA(self.asum)
         cdef float *cs = <float *> cnp.PyArray_DATA(self.cs)
         cdef float *sn = <float *> cnp.PyArray_DATA(self.sn)
-        cdef const float *inv_freq = <const float *> cnp.PyArray_DATA(self.inv_freq)
+        cdef cnp.ndarray freqs = self._rotary_freqs(caches)
+        cdef int64_t fstride = freqs.shape[1] if freqs.ndim == 2 else 0
+        cdef const float *inv_freq = <const float *> cnp.PyArray_DATA(freqs)
+        cdef double logn_div = log(<double> self.logn_from) if self.logn_from > 1 else 1.0
+        cdef float qscale
         cdef const float *slopes = NULL if self.alibi is None else <const float *> cnp.PyArray_DATA(self.alibi)
         cdef const int64_t *windows = <const int64_t *> cnp.PyArray_DATA(self.windows)
         cdef int64_t H = self.hidden, hd = self.head_dim, nh = self.n_head, nkv = self.n_kv_head
@@ -396,7 +420,7 @@ cdef class Engine:
         with nogil:
             for t in range(rows):
                 for i in range(half):
-                    theta = <float> pos[t] * inv_freq[i]
+                    theta = <float> pos[t] * inv_freq[(t // seg_rows) * fstride + i]
                     cs[t * half + i] = <float> cos(theta)
                     sn[t * half + i] = <float> sin(theta)
         if want_hidden:
@@ -437,6 +461,13 @@ cdef class Engine:
                     rope_store_rows(&self.rs, qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16, ROPE_STORE)
                 else:
                     rope_store_rows(&self.rs, qkv, rows, seg_rows, sg, bp, cs, sn, l, kv16, ROPE_BOTH)
+                if self.logn_from > 0:
+                    # Qwen's logn attention: queries past its training length scaled by ln(p + 1) / ln(S)
+                    for t in range(rows):
+                        if pos[t] >= self.logn_from:
+                            qscale = <float> (log(pos[t] + 1.0) / logn_div)
+                            for i in range(att_n):
+                                qkv[t * qkv_n + i] *= qscale
                 for s in range(nseg):
                     a.q = qkv + s * seg_rows * qkv_n
                     a.q_stride = qkv_n

@@ -21,6 +21,9 @@ cdef class KVCache:
     # from it on every shift, so f16 rounding does not pile up over thousands of shifts
     cdef object sinks
     cdef int64_t sinks_base
+    # rotary inverse frequencies this sequence was rotated with, when they are its own (Qwen's dynamic
+    # NTK fixes them at a long prefill); None: the model's
+    cdef public object rope_inv_freq
 
     cdef int64_t _slot(self, int64_t i) noexcept
 

@@ -48,6 +48,7 @@ cdef class KVCache:
         self.ring_head = 0
         self.sinks = None
         self.sinks_base = 0
+        self.rope_inv_freq = None
 
     cdef int64_t _slot(self, int64_t i) noexcept:
         if self.ring_head == 0 or i < self.ring_keep:
@@ -75,6 +76,8 @@ cdef class KVCache:
             raise ValueError(f"cannot truncate a cache of {self.n_past} tokens to {n}")
         self.linearize()
         self.n_past = n
+        if n == 0:
+            self.rope_inv_freq = None
         if n < self.ring_keep:
             self.ring_keep = 0
             self.sinks = None
@@ -93,6 +96,7 @@ cdef class KVCache:
         self.ring_keep, self.ring_head = other.ring_keep, other.ring_head
         self.sinks = None if other.sinks is None else other.sinks.copy()
         self.sinks_base = other.sinks_base
+        self.rope_inv_freq = other.rope_inv_freq
 
     def resized(self, int64_t ctx):
         """A new cache of capacity ctx holding the same tokens (a cache grows as a sequence does)."""
@@ -107,6 +111,7 @@ cdef class KVCache:
         out.ring_keep = self.ring_keep
         out.sinks = None if self.sinks is None else self.sinks.copy()
         out.sinks_base = self.sinks_base
+        out.rope_inv_freq = self.rope_inv_freq
         return out
 
 

@@ -78,6 +78,10 @@ cdef class KeyShifter:
         if not self.can_shift_keys:
             raise ValueError("this model's positions are learned: its cached keys cannot be shifted "
                              "(use re-evaluation, shift_roped_k=False)")
+        if cache.rope_inv_freq is not None:
+            raise ValueError("this sequence's keys were rotated at the raised rotary base of a long prefill "
+                             "(dynamic NTK), which the shifts do not re-rotate: use re-evaluation "
+                             "(shift_roped_k=False with n_keep / n_discard)")
         if n_keep < 0 or n_keep >= cache.ctx - 1:
             raise ValueError(f"n_keep={n_keep} must leave room in a cache of {cache.ctx}")
         if cache.n_past < n_keep:

@@ -139,7 +139,6 @@ def _policy(model: Any, opts: GenerationOptions, longest: int, max_new: int, int
         ctx = int(model.config.max_position_embeddings)
     else:
         ctx = longest + max(max_new, 1)     # room for one token even when none is asked for
-    model.config.check_context(ctx)         # a context the model cannot run past (Qwen's seq_length)
     if opts.shift_roped_k and not model.engine.shifts.can_shift_keys:
         raise ValueError("shift_roped_k moves cached keys to new positions, which this model's learned "
                          "positions do not allow; use re-evaluation (n_keep / n_discard) instead")

@@ -5,16 +5,14 @@ a SwiGLU MLP c_proj(w1(x) * silu(w2(x))) as wide as half of intermediate_size, a
 llmrt reads the checkpoint's own config.json and tensor names; no remote code is run.
 
 use_dynamic_ntk and use_logn_attn (on in every published Qwen v1, and Qwen's defaults) change the
-arithmetic only once the context holds more than seq_length tokens: the rotary base grows with the
-length and queries past position seq_length are scaled by log_seq_length(position).  The engine does
-neither, so with either flag on the context is limited to seq_length tokens (max_position_embeddings
-becomes seq_length, a hard limit: ModelConfig.check_context); within it both are exact no-ops.
+arithmetic only past seq_length tokens: a first forward longer than seq_length rotates its sequence at
+a raised base (ModelConfig.dynamic_ntk_from), and queries at positions >= seq_length are scaled by
+log_seq_length(position + 1) (ModelConfig.logn_attn_from); the engine does both.
 
-GGUF (llama.cpp's `qwen`): llama.cpp runs neither of them either, so llmrt runs the file as
-llama.cpp does, up to the file's context_length."""
+GGUF (llama.cpp's `qwen`): llama.cpp runs neither of them, so llmrt runs the file as llama.cpp does."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -64,16 +62,6 @@ def _rotary_dim(head_dim: int, pct: float) -> int:
     return rot
 
 
-def context_limit_reason(flags: Iterable[str], seq_length: int) -> str:
-    """What the engine lacks past seq_length, and how to stay within it (the error's text)."""
-    names = " and ".join(f"{f}=true" for f in flags)
-    return (f"this qwen model's config.json sets {names}, which change the attention once the context holds "
-            f"more than seq_length={seq_length} tokens (dynamic NTK raises the rotary base with the length, "
-            f"logn attention scales the queries past position {seq_length}); llmrt does not implement that "
-            f"yet, so keep prompt + max_new_tokens within {seq_length} tokens, or stream the context with "
-            f"ctx_size <= {seq_length} and n_keep / n_discard or shift_roped_k=True")
-
-
 @register
 class Qwen(Family):
     name = "qwen"
@@ -96,13 +84,9 @@ class Qwen(Family):
         width = field_size(hf, "intermediate_size")
         if width % 2:
             raise ConfigError(f"intermediate_size ({width}) must be even: Qwen's w1 and w2 are each half of it")
-        flags = [f for f in LONG_CONTEXT_FLAGS if field_bool(hf, f, default=True)]
-        context = field_size(hf, "max_position_embeddings", default=8192)
+        flags = {f: field_bool(hf, f, default=True) for f in LONG_CONTEXT_FLAGS}
+        seq_length = field_size(hf, "seq_length") if any(flags.values()) else 0
         extra: dict = {"biases": not field_bool(hf, "no_bias", default=True)}
-        if flags:
-            # Qwen's arithmetic is the plain model's up to seq_length tokens and only there
-            context = field_size(hf, "seq_length")
-            extra["context_limit"] = context_limit_reason(flags, context)
         return ModelConfig(
             family=cls.name,
             vocab_size=field_size(hf, "vocab_size"),
@@ -117,7 +101,9 @@ class Qwen(Family):
             mlp="gated_silu",
             rotary_dim=_rotary_dim(head_dim, field_float(hf, "rotary_pct", default=1.0)),
             rope_theta=field_float(hf, "rotary_emb_base", default=10000.0, positive=True),
-            max_position_embeddings=context,
+            max_position_embeddings=field_size(hf, "max_position_embeddings", default=8192),
+            logn_attn_from=seq_length if flags["use_logn_attn"] else 0,
+            dynamic_ntk_from=seq_length if flags["use_dynamic_ntk"] else 0,
             extra=extra,
             **hf_shared_fields(hf, tie_default=False),
         )
