@@ -22,6 +22,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import PreTrainedTokenizerFast
 
 from conftest import max_rel_err
+from test_chat import CountingEngine
 from llmrt import AutoModelForCausalLM, WeightOnlyQuantConfig
 from llmrt.errors import ConfigError, UnsupportedError
 from llmrt.generation import chat_input_ids
@@ -392,24 +393,6 @@ def test_sampling_with_a_seed_is_deterministic(tiny, name):
     a, b = t.model.generate(ids, seed=11, **kw), t.model.generate(ids, seed=11, **kw)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, t.model.generate(ids, seed=12, **kw))
-
-
-class CountingEngine:
-    """The engine, counting the tokens run through the model."""
-
-    def __init__(self, engine):
-        self._engine, self.n = engine, 0
-
-    def forward(self, cache, tokens, *args, **kwargs):
-        self.n += int(np.asarray(tokens).size)
-        return self._engine.forward(cache, tokens, *args, **kwargs)
-
-    def forward_batch(self, caches, tokens):
-        self.n += len(caches)
-        return self._engine.forward_batch(caches, tokens)
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
 
 
 @pytest.mark.parametrize("name", ["baichuan2-7b-normhead", "baichuan-13b-6heads"])

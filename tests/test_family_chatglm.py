@@ -25,6 +25,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import LogitsProcessor, PreTrainedTokenizerFast
 
 from conftest import max_rel_err
+from test_chat import CountingEngine
 from llmrt import AutoModelForCausalLM, WeightOnlyQuantConfig
 from llmrt.errors import UnsupportedError
 from llmrt.model import Model
@@ -433,22 +434,6 @@ def test_sampling_is_deterministic_with_a_seed(glm):
 
 
 # ------------------------------------------------------------------------------------------- chat
-class CountingEngine:
-    """Counts the tokens run through the model."""
-
-    def __init__(self, engine):
-        self._engine, self.n = engine, 0
-
-    def forward(self, cache, tokens, *args, **kwargs):
-        self.n += int(np.asarray(tokens).size)
-        return self._engine.forward(cache, tokens, *args, **kwargs)
-
-    def forward_batch(self, caches, tokens):
-        self.n += len(caches)
-        return self._engine.forward_batch(caches, tokens)
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
 
 
 def _glm2_tokenizer():

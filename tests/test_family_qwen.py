@@ -28,6 +28,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import PreTrainedTokenizerFast
 
 from conftest import max_rel_err
+from test_chat import CountingEngine
 from llmrt import AutoModelForCausalLM, WeightOnlyQuantConfig
 from llmrt.errors import ConfigError, UnsupportedError
 from llmrt.generation import chat_input_ids
@@ -393,24 +394,6 @@ def test_sampling_is_deterministic_with_a_seed(qwen, name):
     greedy = _hf(ref, ids, max_new_tokens=12, eos_token_id=None)
     np.testing.assert_array_equal(model.generate(ids, seed=3, **dict(kw, top_k=1)), greedy)
     assert any(not np.array_equal(row, greedy[0]) for row in draws)
-
-
-class CountingEngine:
-    """The model's engine, counting the tokens run through it."""
-
-    def __init__(self, engine):
-        self._engine, self.n = engine, 0
-
-    def forward(self, cache, tokens, *args, **kwargs):
-        self.n += int(np.asarray(tokens).size)
-        return self._engine.forward(cache, tokens, *args, **kwargs)
-
-    def forward_batch(self, caches, tokens):
-        self.n += len(caches)
-        return self._engine.forward_batch(caches, tokens)
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
 
 
 def test_interactive_generation_reuses_the_cache(qwen):

@@ -320,20 +320,17 @@ def test_adding_to_resid_post_matches_the_same_edit_in_torch(fp32, name):
     assert max_rel_err(model(ids).logits, want) > 10 * TOL
 
 
-@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
-def test_steering_in_generate_matches_transformers_generate(fp32, name):
-    model, ref = fp32(name)
-    vec = (8.0 * np.random.default_rng(7).standard_normal(model.engine.hidden)).astype(np.float32)
-    ids = _prompt(model.vocab_size, n=6, batch=1)
-    kw = dict(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-    calls = []
+def _steered_generate(model, ref, layer: int, vec: np.ndarray, ids: np.ndarray, **kw) -> list:
+    """generate() with vec added at blocks.{layer}.hook_resid_post, against transformers' generate with
+    the same edit as a torch hook: same tokens, and not the unsteered ones.  Returns the hook's shapes."""
+    shapes = []
 
-    def steer(x, hook_name):
-        calls.append(x.shape)
+    def steer(x, _):
+        shapes.append(x.shape)
         return x + vec
 
-    got = model.generate(ids, hooks=[("blocks.0.hook_resid_post", steer)], **kw)
-    handle = _blocks(ref)[0].register_forward_hook(_add_to_block_output(torch.from_numpy(vec)))
+    got = model.generate(ids, hooks=[(f"blocks.{layer}.hook_resid_post", steer)], **kw)
+    handle = _blocks(ref)[layer].register_forward_hook(_add_to_block_output(torch.from_numpy(vec)))
     try:
         with torch.no_grad():
             want = ref.generate(torch.from_numpy(ids), **kw).numpy()
@@ -341,6 +338,16 @@ def test_steering_in_generate_matches_transformers_generate(fp32, name):
         handle.remove()
     np.testing.assert_array_equal(got, want)
     assert not np.array_equal(got, model.generate(ids, **kw))         # the steering changed the tokens
+    return shapes
+
+
+@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
+def test_steering_in_generate_matches_transformers_generate(fp32, name):
+    model, ref = fp32(name)
+    vec = (8.0 * np.random.default_rng(7).standard_normal(model.engine.hidden)).astype(np.float32)
+    ids = _prompt(model.vocab_size, n=6, batch=1)
+    calls = _steered_generate(model, ref, 0, vec, ids, max_new_tokens=12, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)
     # the prompt pass, then one pass per new token but the last
     assert calls == [(1, 6, model.engine.hidden)] + [(1, 1, model.engine.hidden)] * 11
 
@@ -489,20 +496,6 @@ def test_steering_beam_search_matches_transformers(fp32):
     model, ref = fp32("llama-gqa-tied")
     vec = (4.0 * np.random.default_rng(11).standard_normal(model.engine.hidden)).astype(np.float32)
     ids = _prompt(model.vocab_size, n=6, batch=1, seed=4)
-    kw = dict(max_new_tokens=8, do_sample=False, num_beams=3, eos_token_id=None, pad_token_id=0)
-    shapes = []
-
-    def steer(x, _):
-        shapes.append(x.shape)
-        return x + vec
-
-    got = model.generate(ids, hooks=[("blocks.1.hook_resid_post", steer)], **kw)
-    handle = _blocks(ref)[1].register_forward_hook(_add_to_block_output(torch.from_numpy(vec)))
-    try:
-        with torch.no_grad():
-            want = ref.generate(torch.from_numpy(ids), **kw).numpy()
-    finally:
-        handle.remove()
-    np.testing.assert_array_equal(got, want)
-    assert not np.array_equal(got, model.generate(ids, **kw))
+    shapes = _steered_generate(model, ref, 1, vec, ids, max_new_tokens=8, do_sample=False, num_beams=3,
+                               eos_token_id=None, pad_token_id=0)
     assert (3, 1, model.engine.hidden) in shapes
