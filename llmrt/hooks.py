@@ -87,8 +87,7 @@ class HookRunner:
             if not (isinstance(entry, tuple) and len(entry) == 2 and callable(entry[1])):
                 raise HookError(f"hooks must be (name or pattern, function) pairs, got {entry!r}")
             pattern, fn = entry
-            for name in select_names(all_names, pattern if isinstance(pattern, str) or callable(pattern)
-                                     else list(pattern), "hook names"):
+            for name in select_names(all_names, pattern, "hook names"):
                 self.fns.setdefault(name, []).append(fn)
         self.capture = select_names(all_names, capture)
         self.captured: dict[str, list[np.ndarray]] = {name: [] for name in self.capture}

@@ -329,7 +329,7 @@ cdef class Engine:
 
     cdef cnp.ndarray _rotary_freqs(self, list caches):
         """The model's inverse frequencies, or with dynamic NTK one row per sequence (a cache's own)."""
-        if self.ntk_from == 0:
+        if self.ntk_from == 0 or all(c.rope_inv_freq is None for c in caches):
             return self.inv_freq
         return np.ascontiguousarray(np.stack([self.inv_freq if c.rope_inv_freq is None else c.rope_inv_freq
                                               for c in caches]), dtype=np.float32)
