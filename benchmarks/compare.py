@@ -56,6 +56,12 @@ def default_llamacpp_python() -> Path:
     return noamx if noamx.exists() else ANCHORS_DIR / "venv-lcpp" / "bin" / "python"
 
 
+def cpu_features(system_info: str) -> str:
+    """The ISA flags llama.cpp says it was built with and uses ("AVX2 = 1" entries of its system info)."""
+    flags = [f.split("=")[0].strip() for f in system_info.split("|") if f.strip().endswith("= 1")]
+    return " ".join(f for f in flags if f[:3] in ("AVX", "AMX", "F16", "FMA", "BMI")) or "unknown"
+
+
 def llmrt_cmd(model: str, fmt: str, a) -> list[str]:
     return [sys.executable, str(HERE / "run_llmrt.py"), "--model", model, "--format", fmt, "--threads", str(a.threads),
             "--pp", str(a.pp), "--tg", str(a.tg), "--reps", str(a.reps)]
@@ -94,8 +100,14 @@ def main() -> int:
                     help="cases whose llmrt prefill is also timed on 1 thread in each pair (1 -> N scaling)")
     ap.add_argument("--llamacpp-python", default=str(default_llamacpp_python()),
                     help="python of the venv holding llama-cpp-python (default: venv-lcpp-noamx if built, else venv-lcpp)")
+    ap.add_argument("--llamacpp-lib", default=None,
+                    help="directory of llama.cpp shared libraries built for one tier (sets LLAMA_CPP_LIB_PATH for "
+                         "llama-cpp-python); force llmrt's tier with LLMRT_ISA")
     a = ap.parse_args()
+    if a.llamacpp_lib:
+        os.environ["LLAMA_CPP_LIB_PATH"] = str(Path(a.llamacpp_lib).resolve())
     rows = []
+    tiers = {"llmrt": [], "llama.cpp": []}
     for case in a.cases:
         model, fmt = case.split(":")
         recs = {"llmrt": [], "llama.cpp": [], "torch": [], "llmrt-1t": []}
@@ -120,6 +132,8 @@ def main() -> int:
                     for eng in recs:
                         if recs[eng]:
                             f.write(json.dumps(recs[eng][-1]) + "\n")
+        tiers["llmrt"] += recs["llmrt"]
+        tiers["llama.cpp"] += recs["llama.cpp"]
         med = lambda eng, k: statistics.median(r[k] for r in recs[eng]) if recs[eng] else float("nan")
         bw = statistics.median(bws)
         wbytes = recs["llmrt"][0]["decode_weight_bytes"]
@@ -133,6 +147,8 @@ def main() -> int:
                          py=statistics.median(r.get("python_overhead_pct", 0.0) for r in recs["llmrt"]),
                          kv=recs["llmrt"][0].get("kv_cache_bytes", 0) / 2**20,
                          foreign=max(r.get("foreign_cpus", 0) or 0 for eng in recs for r in recs[eng])))
+    print(f"\nllmrt tier: {', '.join(sorted({r['isa'] for r in tiers['llmrt']}))}; llama.cpp CPU features: "
+          + "; ".join(sorted({cpu_features(r.get('system_info', '')) for r in tiers['llama.cpp']})))
     print(f"\n{a.threads} threads, pp{a.pp} / tg{a.tg} (tg continues after the prompt), median of {a.pairs} "
           f"alternating pairs, each the median of {a.reps} reps\n")
     print("| model:format | llama.cpp peer | llmrt pp | llama.cpp pp | pp ratio | llmrt tg | llama.cpp tg | tg ratio "
