@@ -112,6 +112,10 @@ def main() -> int:
         model, fmt = case.split(":")
         recs = {"llmrt": [], "llama.cpp": [], "torch": [], "llmrt-1t": []}
         bws = []
+        # the first llmrt run of a format quantizes and caches the model (tens of seconds, the fp16 weights
+        # resident): done once here, so the pairs time and measure the memory of loading the cached file
+        warm = argparse.Namespace(**{**vars(a), "pp": 16, "tg": 1, "reps": 1})
+        run_json(llmrt_cmd(model, fmt, warm))
         for i in range(a.pairs):
             bws.append(membw(a.threads))
             recs["llmrt"].append(run_json(llmrt_cmd(model, fmt, a)))
