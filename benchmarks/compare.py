@@ -107,7 +107,7 @@ def main() -> int:
     if a.llamacpp_lib:
         os.environ["LLAMA_CPP_LIB_PATH"] = str(Path(a.llamacpp_lib).resolve())
     rows = []
-    tiers = {"llmrt": [], "llama.cpp": []}
+    llmrt_tiers, llamacpp_features = set(), set()
     for case in a.cases:
         model, fmt = case.split(":")
         recs = {"llmrt": [], "llama.cpp": [], "torch": [], "llmrt-1t": []}
@@ -136,8 +136,8 @@ def main() -> int:
                     for eng in recs:
                         if recs[eng]:
                             f.write(json.dumps(recs[eng][-1]) + "\n")
-        tiers["llmrt"] += recs["llmrt"]
-        tiers["llama.cpp"] += recs["llama.cpp"]
+        llmrt_tiers.update(r["isa"] for r in recs["llmrt"])
+        llamacpp_features.update(cpu_features(r.get("system_info", "")) for r in recs["llama.cpp"])
         med = lambda eng, k: statistics.median(r[k] for r in recs[eng]) if recs[eng] else float("nan")
         bw = statistics.median(bws)
         wbytes = recs["llmrt"][0]["decode_weight_bytes"]
@@ -151,8 +151,7 @@ def main() -> int:
                          py=statistics.median(r.get("python_overhead_pct", 0.0) for r in recs["llmrt"]),
                          kv=recs["llmrt"][0].get("kv_cache_bytes", 0) / 2**20,
                          foreign=max(r.get("foreign_cpus", 0) or 0 for eng in recs for r in recs[eng])))
-    print(f"\nllmrt tier: {', '.join(sorted({r['isa'] for r in tiers['llmrt']}))}; llama.cpp CPU features: "
-          + "; ".join(sorted({cpu_features(r.get('system_info', '')) for r in tiers['llama.cpp']})))
+    print(f"\nllmrt tier: {', '.join(sorted(llmrt_tiers))}; llama.cpp CPU features: {'; '.join(sorted(llamacpp_features))}")
     print(f"\n{a.threads} threads, pp{a.pp} / tg{a.tg} (tg continues after the prompt), median of {a.pairs} "
           f"alternating pairs, each the median of {a.reps} reps\n")
     print("| model:format | llama.cpp peer | llmrt pp | llama.cpp pp | pp ratio | llmrt tg | llama.cpp tg | tg ratio "
