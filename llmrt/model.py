@@ -13,7 +13,7 @@ import numpy as np
 
 from llmrt import formats, lens
 from llmrt.config import ModelConfig, WeightOnlyQuantConfig
-from llmrt.errors import InvalidArgumentError
+from llmrt.errors import InvalidArgumentError, UnsupportedError
 from llmrt import generation
 from llmrt.formats.json_files import read_hf_config
 from llmrt.generation import GenerateOutput, Session, as_id_batch
@@ -21,7 +21,8 @@ from llmrt.generation.finite import check_logits
 from llmrt.hooks import HookFn, HookRunner, NameFilter, hook_points, installed
 from llmrt.hub import resolve_model_path
 from llmrt.models import family_by_name, family_for_gguf, family_for_hf
-from llmrt.runtime import check_kv_memory, compute_threads
+from llmrt.parallel import ShardPlan, TensorParallel, connect
+from llmrt.runtime import check_kv_memory, compute_threads, share_cores
 from llmrt.validation import named_source
 from llmrt.weights import Stored, build_engine, quantize_stream
 
@@ -74,16 +75,23 @@ class Model:
     chat) are serialized by a per-model lock."""
 
     def __init__(self, config: ModelConfig, quant: WeightOnlyQuantConfig, tensors: dict[str, Stored],
-                 source: _Source, memory_dtype: str | None = None, max_chunk: int = DEFAULT_CHUNK):
+                 source: _Source, memory_dtype: str | None = None, max_chunk: int = DEFAULT_CHUNK,
+                 tp: TensorParallel | None = None, plan: ShardPlan | None = None):
+        """tp: this process's tensor-parallel group (parallel.connect), or None; plan: its ShardPlan
+        when tensors already hold only this rank's slices (else they are cut here)."""
         self.config = config
         self.quant_config = quant
         self.source = source
         # fp32 end to end keeps an fp32 cache unless asked otherwise (f16 alone moves logits ~4e-4)
         self.memory_dtype = memory_dtype or ("f32" if quant.not_quant else "f16")
+        self.tp = tp
+        if tp is not None and plan is None:
+            plan = _plan(config, quant, tp)
+            tensors = plan.shard_mapping(tensors, config)
         self._tensors = tensors
         self.engine = build_engine(config, tensors, quant.compute_dtype, quant.head_compute,
                                    two_pass=quant.activation_precision, release=formats.drop_resident_pages,
-                                   row_release=formats.row_release, max_chunk=max_chunk)
+                                   row_release=formats.row_release, max_chunk=max_chunk, tp=tp, plan=plan)
         self._session = Session()           # the conversation kept by interactive generate() / chat()
         self._lock = threading.RLock()      # re-entrant: a streamer or processor may call back in
         self._generation_defaults: dict | None = None
@@ -95,8 +103,12 @@ class Model:
                         compute_dtype: str | None = None, use_cache: bool | None = None,
                         cache_dir: str | os.PathLike | None = None, memory_dtype: str | None = None,
                         max_chunk: int = DEFAULT_CHUNK, trust_remote_code: bool = False,
-                        progress: bool = True, verify: bool = VERIFY_DEFAULT) -> "Model":
+                        progress: bool = True, verify: bool = VERIFY_DEFAULT, tensor_parallel: Any = False) -> "Model":
         """Load a Hugging Face checkpoint (quantizing it), a GGUF file or an llmrt model file.
+
+        tensor_parallel: True or "mpi" splits the model over the ranks of MPI's world (start the
+        script with `mpiexec -n N`; each rank holds 1/N of every attention and MLP matrix), or an
+        mpi4py communicator to split it over; a world of one process runs the model whole.
 
         memory_dtype: the KV cache's element type, "f16" or "f32" (default: f32 for not_quant models,
         f16 otherwise); max_chunk: prompt tokens run through the layers at once (the engine's
@@ -113,6 +125,7 @@ class Model:
         if use_cache is not None and not isinstance(use_cache, bool):
             raise InvalidArgumentError(f"use_cache must be True, False or None, got {use_cache!r}")
         q = _choose_quant(quantization_config, load_in_4bit, load_in_8bit, compute_dtype)
+        tp = connect(tensor_parallel)
         path = resolve_model_path(name_or_path, gguf_file)
         if gguf_file is not None:
             path = path / gguf_file if path.is_dir() else path
@@ -120,27 +133,38 @@ class Model:
             # stored weights are used as they are; how they run comes from the config
             run = q.runtime_options()
             if formats.is_llmrt_file(path):
-                return cls.load(path, memory_dtype=memory_dtype, max_chunk=max_chunk, verify=verify,
+                return cls.load(path, memory_dtype=memory_dtype, max_chunk=max_chunk, verify=verify, tp=tp,
                                 **(run if quantization_config or compute_dtype else {}))
             if formats.is_gguf_file(path):
-                return cls.from_gguf(path, memory_dtype=memory_dtype, max_chunk=max_chunk, **run)
+                return cls.from_gguf(path, memory_dtype=memory_dtype, max_chunk=max_chunk, tp=tp, **run)
             raise formats.ModelFileError(f"{path} is neither a GGUF file nor an llmrt model file "
                                          f"(pass a Hugging Face model directory, a .gguf or a .llmrt file)")
         if not path.is_dir():
             raise FileNotFoundError(f"no model at {path}")
         return cls._from_hf_dir(path, q, use_cache=q.use_cache if use_cache is None else use_cache,
                                 cache_dir=cache_dir, memory_dtype=memory_dtype, max_chunk=max_chunk,
-                                progress=progress, verify=verify)
+                                progress=progress and (tp is None or tp.is_root), verify=verify, tp=tp)
 
     @classmethod
     def _from_hf_dir(cls, path: Path, q: WeightOnlyQuantConfig, *, use_cache: bool, cache_dir, memory_dtype: str | None,
-                     max_chunk: int, progress: bool, verify: bool = VERIFY_DEFAULT) -> "Model":
+                     max_chunk: int, progress: bool, verify: bool = VERIFY_DEFAULT,
+                     tp: TensorParallel | None = None) -> "Model":
         hf = read_hf_config(path)
         family = family_for_hf(hf["model_type"])
         config = family.config_from_hf(hf, path / "config.json")
         identity = formats.checkpoint_identity(path)
         source = _Source("hf", str(path), identity, {"model_type": hf["model_type"]})
         cache_path = None
+        if use_cache and tp is not None:
+            # rank 0 writes the cache file (if it has none yet), then every rank maps its slices of it
+            cache_path = _cache_file(cache_dir, identity, q)
+            if tp.is_root and not cache_path.is_file():
+                stream = family.map_hf_tensors(config, formats.iter_checkpoint(path, progress=progress))
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                _write_model_file(cache_path, config, q, source, quantize_stream(stream, config, q))
+            tp.barrier()
+            return cls.load(cache_path, memory_dtype=memory_dtype, max_chunk=max_chunk, verify=verify, tp=tp,
+                            **q.runtime_options())
         if use_cache:
             cache_path = _cache_file(cache_dir, identity, q)
             if cache_path.is_file():
@@ -157,12 +181,15 @@ class Model:
             # just written from the checkpoint: nothing to verify
             return cls.load(cache_path, memory_dtype=memory_dtype, max_chunk=max_chunk, verify=False,
                             **q.runtime_options())
+        plan = None if tp is None else _plan(config, q, tp)
+        if plan is not None:            # keep only this rank's slices of each tensor as it is quantized
+            quantized = plan.shard_all(quantized, config)
         tensors = {name: (arr, fmt) for name, arr, fmt in quantized}
-        return cls(config, q, tensors, source, memory_dtype, max_chunk)
+        return cls(config, q, tensors, source, memory_dtype, max_chunk, tp=tp, plan=plan)
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike, *, compute_dtype: str = "int8", memory_dtype: str | None = None,
-                  max_chunk: int = DEFAULT_CHUNK, **runtime: Any) -> "Model":
+                  max_chunk: int = DEFAULT_CHUNK, tp: TensorParallel | None = None, **runtime: Any) -> "Model":
         """Run a llama.cpp GGUF file; its Q4_0/Q4_1/Q8_0/F16/F32 tensors are used as stored."""
         gg = formats.GGUFFile(path)
         meta = gg.metadata
@@ -179,13 +206,14 @@ class Model:
         q = WeightOnlyQuantConfig(weight_dtype="int8" if kinds == ["q8_0"] else "int4",
                                   compute_dtype=compute_dtype, **runtime)
         source = _Source("gguf", str(path), gg.identity(), {"architecture": arch, "formats": kinds})
-        model = cls(config, q, tensors, source, memory_dtype, max_chunk)
+        model = cls(config, q, tensors, source, memory_dtype, max_chunk, tp=tp)
         model._gguf = gg
         return model
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, compute_dtype: str | None = None, memory_dtype: str | None = None,
-             max_chunk: int = DEFAULT_CHUNK, verify: bool = VERIFY_DEFAULT, **runtime: Any) -> "Model":
+             max_chunk: int = DEFAULT_CHUNK, verify: bool = VERIFY_DEFAULT, tp: TensorParallel | None = None,
+             **runtime: Any) -> "Model":
         """Open an llmrt model file written by save() (memory-mapped).
 
         verify: check every tensor's crc32 (ModelFileError naming the tensor on a mismatch). The table
@@ -207,10 +235,13 @@ class Model:
                                                  **({"compute_dtype": compute_dtype} if compute_dtype else {})})
         source = _Source(src["kind"], src["path"], src["identity"], src.get("extra", {}))
         tensors = {name: (arrays[name], fmts.get(name)) for name in arrays}
-        return cls(config, q, tensors, source, memory_dtype, max_chunk)
+        return cls(config, q, tensors, source, memory_dtype, max_chunk, tp=tp)
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the (quantized) model to one llmrt file; refuses to replace a file unless overwrite."""
+        if self.tp is not None:
+            raise UnsupportedError("a tensor-parallel rank holds only its slices of the weights: save the model from "
+                                   "a process loaded without tensor_parallel")
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -292,7 +323,13 @@ class Model:
     def unembed(self, resid: Any) -> np.ndarray:
         """The logit lens: the final norm and head applied to residual-stream vectors (..., hidden)
         -> logits (..., vocab) float32."""
+        self._whole_model_only("the logit lens")
         return lens.unembed(self.engine, resid)
+
+    def _whole_model_only(self, what: str) -> None:
+        if self.tp is not None:
+            raise UnsupportedError(f"{what} needs the whole model, and a tensor-parallel rank holds only its slices; "
+                                   f"load the model without tensor_parallel")
 
     @_serialized
     def direct_logit_attribution(self, cache: dict[str, np.ndarray], tokens: Any, position: int = -1) -> np.ndarray:
@@ -300,6 +337,7 @@ class Model:
         row) at position: (batch, layer, head) float32, from the cache's hook_z of every block and its
         last hook_resid_post (the final norm's scale is taken from that residual, as TransformerLens's
         apply_ln_to_stack does)."""
+        self._whole_model_only("direct logit attribution")
         return lens.head_attribution(self.engine, cache, tokens, position)
 
     @property
@@ -371,6 +409,13 @@ class Model:
         return {"family": self.config.family, "source": self.source.kind, "path": self.source.path,
                 "quant": self.quant_config.to_dict(),
                 "weights_bytes": sum(int(a.nbytes) for a, _ in self._tensors.values())}
+
+
+def _plan(config: ModelConfig, quant: WeightOnlyQuantConfig, tp: TensorParallel) -> ShardPlan:
+    """This rank's slices; the ranks on this machine share its cores (threads per rank)."""
+    config.validate()
+    share_cores(tp.local_ranks())
+    return ShardPlan.make(config, quant, tp.rank, tp.size)
 
 
 def _choose_quant(qc: WeightOnlyQuantConfig | None, load_in_4bit: bool, load_in_8bit: bool,

@@ -50,8 +50,21 @@ def check_kv_memory(config, n_caches: int, capacity: int, memory_dtype: str) -> 
             f"{have / 2**30:.1f} GiB; lower ctx_size / max_new_tokens, the batch or num_beams")
 
 
+# processes of one tensor-parallel group on this machine (share_cores): they split its cores
+_ranks_sharing_cores = 1
+
+
+def share_cores(ranks: int) -> None:
+    """This process is one of `ranks` that run on this machine's cores at once (tensor parallelism):
+    by default each runs physical_cores / ranks kernel threads."""
+    global _ranks_sharing_cores
+    _ranks_sharing_cores = max(1, int(ranks))
+    _ops.set_num_threads(default_threads())
+
+
 def default_threads() -> int:
-    """LLMRT_NUM_THREADS if set, else the physical cores (at most MAX_THREADS)."""
+    """LLMRT_NUM_THREADS if set, else the physical cores (divided among the tensor-parallel ranks
+    sharing them; at most MAX_THREADS)."""
     env = os.environ.get("LLMRT_NUM_THREADS", "").strip()
     if env:
         try:
@@ -62,7 +75,7 @@ def default_threads() -> int:
             raise InvalidArgumentError(f"LLMRT_NUM_THREADS={env!r}: give an integer from 1 to {MAX_THREADS} "
                                        f"(or unset it to use the {physical_cores()} physical cores)")
         return n
-    return min(physical_cores(), MAX_THREADS)
+    return min(max(1, physical_cores() // _ranks_sharing_cores), MAX_THREADS)
 
 
 @contextlib.contextmanager

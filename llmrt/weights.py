@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from llmrt._kernels._ops import Linear
 from llmrt.config import ModelConfig, WeightOnlyQuantConfig
 from llmrt.errors import ConfigError, InvalidArgumentError, LlmrtError, ModelFileError
 from llmrt.formats import KernelWeights, QuantFormat
+
+if TYPE_CHECKING:
+    from llmrt.parallel import ShardPlan, TensorParallel
 
 # tensors that are matrices of a linear layer (quantizable)
 _LINEAR = re.compile(r"(layers\.\d+\.(q|k|v|qkv|attn_out|gate|up|mlp_in|mlp_out)|project_in|project_out)\.weight")
@@ -150,21 +153,24 @@ def _mismatch_is_config_error() -> Iterator[None]:
 def build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_compute: str | None = None,
                  two_pass: str = "int8", max_chunk: int = 128,
                  release: Callable[[Iterable[np.ndarray]], None] | None = None,
-                 row_release: Callable[[list], tuple[Callable[[int, int], None], int] | None] | None = None
-                 ) -> Engine:
+                 row_release: Callable[[list], tuple[Callable[[int, int], None], int] | None] | None = None,
+                 tp: "TensorParallel | None" = None, plan: "ShardPlan | None" = None) -> Engine:
     """The engine of a model from its stored tensors.  release(arrays), if given, is called with the
     stored arrays of each part once its Linears are built (mapped files give their pages back);
     row_release(planes) (formats.row_release) sets up the row-wise release of an untied embedding.
+    tp, plan: one rank of a tensor-parallel group and its ShardPlan; t then holds that rank's slices
+    (plan.shard_mapping), the head's rows under "lm_head.weight" even when tied.
     The config is validated here, the one place every load path (HF, GGUF, .llmrt) goes through."""
     cfg.validate()
     _check_against_config(cfg, t)
     with _mismatch_is_config_error():
-        return _build_engine(cfg, t, compute, head_compute, two_pass, max_chunk, release, row_release)
+        return _build_engine(cfg, t, compute, head_compute, two_pass, max_chunk, release, row_release, tp, plan)
 
 
 def _build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_compute: str | None, two_pass: str,
                   max_chunk: int, release: Callable[[Iterable[np.ndarray]], None] | None,
-                  row_release: Callable[[list], tuple[Callable[[int, int], None], int] | None] | None) -> Engine:
+                  row_release: Callable[[list], tuple[Callable[[int, int], None], int] | None] | None,
+                  tp: "TensorParallel | None" = None, plan: "ShardPlan | None" = None) -> Engine:
     def done(prefix: str) -> None:
         if release is not None:
             release([a for name, (a, f) in t.items() if name.startswith(prefix) and f is not None])
@@ -173,7 +179,8 @@ def _build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_
     # best taken while nothing else is resident
     embed_w = fuse_rows([_need(t, "embed")])
     head_compute = head_compute or compute
-    untied = not cfg.tie_word_embeddings
+    # a rank's head is its rows of the vocabulary: the embedding stays whole beside it
+    untied = not cfg.tie_word_embeddings or plan is not None
     if not untied:
         lm_head = linear_from(embed_w, head_compute, _bias(t, "lm_head.bias"))
         # a tied embedding reads its rows from the head's panels (one copy of the matrix)
@@ -181,8 +188,10 @@ def _build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_
     else:
         embed = linear_from(embed_w, compute, panels=False)   # read a row at a time: canonical layout
         lm_head = make_linear([t["lm_head.weight"]], head_compute, _bias(t, "lm_head.bias"))
-    if lm_head.n != cfg.vocab_size:
-        raise ConfigError(f"the output head has {lm_head.n} rows but the config's vocab_size is {cfg.vocab_size}")
+    head_rows = cfg.vocab_size if plan is None else plan.vocab[1] - plan.vocab[0]
+    if lm_head.n != head_rows:
+        raise ConfigError(f"the output head has {lm_head.n} rows but the config's vocab_size is {cfg.vocab_size}"
+                          + ("" if plan is None else f" ({head_rows} of them on this rank)"))
     done("lm_head.")
     done("embed")
     layers = []
@@ -204,7 +213,7 @@ def _build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_
                             _dense(t, p + "attn_norm.weight"), _dense(t, p + "attn_norm.bias"),
                             _dense(t, p + "mlp_norm.weight"), _dense(t, p + "mlp_norm.bias")))
         done(p)
-    spec = cfg.block_spec()
+    spec = cfg.block_spec() if plan is None else plan.block_spec(cfg.block_spec())
     project_in = make_linear([t["project_in.weight"]], compute) if "project_in.weight" in t else None
     project_out = make_linear([t["project_out.weight"]], compute) if "project_out.weight" in t else None
     positions = linear_from(fuse_rows([_need(t, "pos_embed")]), compute, panels=False) \
@@ -217,7 +226,8 @@ def _build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_
     engine = Engine(hidden=cfg.hidden_size, spec=spec, layers=layers, embedder=embedder, lm_head=lm_head,
                     final_norm_w=_dense(t, "final_norm.weight"), final_norm_b=_dense(t, "final_norm.bias"),
                     project_out=project_out, max_chunk=max_chunk,
-                    two_pass={"int8": "none", "auto": "down", "high": "all"}[two_pass])
+                    two_pass={"int8": "none", "auto": "down", "high": "all"}[two_pass],
+                    tp=tp, vocab_splits=None if plan is None else plan.vocab_splits)
     if untied and row_release is not None:
         # an untied embedding is only read a row at a time: give its pages back as they are read
         planes = [embed_w] if isinstance(embed_w, np.ndarray) else [embed_w.qs, embed_w.d, embed_w.m]

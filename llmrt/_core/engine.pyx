@@ -106,15 +106,24 @@ cdef class Engine:
     cdef object hooks
     cdef cnp.ndarray hook_table
     cdef const uint8_t *want
+    # tensor parallelism (llmrt/parallel): this rank's group, or None; the head's vocabulary rows
+    # per rank and this rank's logits before they are gathered
+    cdef readonly object tp
+    cdef readonly tuple vocab_splits
+    cdef cnp.ndarray local_logits
 
     def __init__(self, *, int hidden, spec, list layers, Embedder embedder, Linear lm_head, final_norm_w=None,
-                 final_norm_b=None, Linear project_out=None, int64_t max_chunk=128, str two_pass="none"):
+                 final_norm_b=None, Linear project_out=None, int64_t max_chunk=128, str two_pass="none",
+                 tp=None, tuple vocab_splits=None):
         """spec: a blockspec.BlockSpec (validated when it was made); embedder: the rows a chunk
-        starts from; project_out: hidden -> the head's width, after the final norm (OPT-350m)."""
+        starts from; project_out: hidden -> the head's width, after the final norm (OPT-350m).
+        tp: a parallel.TensorParallel when this engine is one rank's shard (spec, layers and head
+        hold its slices; vocab_splits: every rank's rows of the head)."""
         if not isinstance(spec, BlockSpec):
             raise TypeError(f"spec must be a llmrt.blockspec.BlockSpec, got {type(spec).__name__}")
         self.spec = spec
-        self.hidden, self.vocab = hidden, lm_head.n
+        self.tp, self.vocab_splits = tp, vocab_splits
+        self.hidden, self.vocab = hidden, lm_head.n if tp is None else embedder.vocab
         self.n_head, self.n_kv_head, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.n_layer = len(layers)
         self.rs.hidden, self.rs.n_head, self.rs.n_kv_head, self.rs.head_dim = hidden, spec.n_heads, spec.n_kv_heads, spec.head_dim
@@ -158,8 +167,18 @@ cdef class Engine:
         width = self.hidden if self.project_out is None else self.project_out.n
         if self.project_out is not None and self.project_out.k != self.hidden:
             raise ValueError(f"project_out is {self.project_out.n}x{self.project_out.k}, expected {width}x{self.hidden}")
-        if self.lm_head.k != width:
-            raise ValueError(f"lm_head is {self.lm_head.n}x{self.lm_head.k}, expected {self.vocab}x{width}")
+        head_rows = self.vocab
+        if self.tp is not None:
+            # (this file indexes without bounds checks or negative indices: check the table first)
+            if self.vocab_splits is None or len(self.vocab_splits) != self.tp.size:
+                raise ValueError(f"vocab_splits must give the head rows of each of the {self.tp.size} ranks")
+            lo, hi = self.vocab_splits[self.tp.rank]
+            head_rows = hi - lo
+            end = self.vocab_splits[self.tp.size - 1][1]
+            if end != self.vocab:
+                raise ValueError(f"the ranks' head rows end at {end}, not at the vocabulary's {self.vocab}")
+        if self.lm_head.k != width or self.lm_head.n != head_rows:
+            raise ValueError(f"lm_head is {self.lm_head.n}x{self.lm_head.k}, expected {head_rows}x{width}")
         if self.embedder.hidden != self.hidden or self.embedder.vocab != self.vocab:
             raise ValueError(f"the embedding is for {self.embedder.vocab} tokens of width {self.embedder.hidden}, "
                              f"expected {self.vocab} of {self.hidden}")
@@ -209,6 +228,9 @@ cdef class Engine:
                 self._alloc(self.max_chunk)
                 self.embedder.resize_rows(self.max_chunk)
             return
+        if self.tp is not None:
+            raise UnsupportedError("research hooks see whole activations, which a tensor-parallel rank does not "
+                                   "hold; load the model without tensor_parallel to use them")
         table = np.ascontiguousarray(runner.table, dtype=np.uint8)
         if table.shape[0] != self.n_layer + 1 or table.shape[1] != N_POINTS:
             raise ValueError(f"the hook table must be ({self.n_layer + 1}, {N_POINTS}), got {table.shape}")
@@ -217,6 +239,11 @@ cdef class Engine:
 
     cdef inline bint _wants(self, int64_t l, int p) noexcept nogil:
         return self.want != NULL and self.want[l * N_POINTS + p] != 0
+
+    cdef int _reduce(self, cnp.ndarray buf, int64_t rows) except -1:
+        """Tensor parallelism: buf's first rows, this rank's partial sums, become the whole sums."""
+        self.tp.allreduce_rows(buf, rows)
+        return 0
 
     cdef int _fire(self, int64_t l, int p, object view) except -1:
         self.hooks.fire(l, p, view)
@@ -345,6 +372,8 @@ cdef class Engine:
         cdef cnp.ndarray toks = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
         if toks.shape[0] == 0:
             raise ValueError("no tokens to process")
+        if self.tp is not None:
+            toks = self.tp.agree(toks, "tokens to run")     # every rank runs rank 0's tokens
         lo, hi = int(toks.min()), int(toks.max())
         if lo < 0 or hi >= self.vocab:
             bad = hi if hi >= self.vocab else lo
@@ -401,6 +430,7 @@ cdef class Engine:
         cdef const lr_kernels *K = active_kernels()
         cdef float theta
         cdef bint want_hidden = hidden_states is not None
+        cdef bint tp = self.tp is not None
         cdef KVCache c
         # per sequence: where its rows write K/V and which slots they attend to
         cdef cnp.ndarray segs = np.empty((nseg, SEG_COLUMNS), np.int64)
@@ -494,6 +524,9 @@ cdef class Engine:
                     with gil:
                         self._fire_block(l, P_Z, nseg, seg_rows, mi_n, ff)
                 lay.attn_out.apply(att, att_n, rows, o, H, aq, ad, asum)
+                if tp and self.residual == RES_SEQUENTIAL:
+                    with gil:
+                        self._reduce(self.o, rows)
                 if self._wants(l, P_ATTN_OUT):
                     with gil:
                         self._fire_block(l, P_ATTN_OUT, nseg, seg_rows, mi_n, ff)
@@ -505,6 +538,9 @@ cdef class Engine:
                         with gil:
                             self._fire_block(l, P_RESID_MID, nseg, seg_rows, mi_n, ff)
                     self._mlp(lay, l, x, nseg, seg_rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                    if tp:
+                        with gil:
+                            self._reduce(self.m, rows)
                     add_norm_rows(&self.rs, x, m, NULL, x, mnw, mnb, rows)
                 elif self.residual == RES_SEQUENTIAL:
                     # x += o; h2 = norm(x)
@@ -520,6 +556,9 @@ cdef class Engine:
                     else:
                         add_norm_rows(&self.rs, x, o, NULL, h2, mnw, mnb, rows)
                     self._mlp(lay, l, h2, nseg, seg_rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                    if tp:
+                        with gil:
+                            self._reduce(self.m, rows)
                     add_norm_rows(&self.rs, x, m, NULL, NULL, NULL, NULL, rows)
                 else:
                     if self.residual == RES_PARALLEL:
@@ -530,7 +569,14 @@ cdef class Engine:
                         self._mlp(lay, l, h2, nseg, seg_rows, mi, mi_n, act, ff, m, aq, ad, asum)
                     else:
                         self._mlp(lay, l, h, nseg, seg_rows, mi, mi_n, act, ff, m, aq, ad, asum)
-                    add_norm_rows(&self.rs, x, o, m, NULL, NULL, NULL, rows)
+                    if tp:
+                        # one all-reduce for both branches: m = o + m summed over the ranks
+                        add_norm_rows(&self.rs, m, o, NULL, NULL, NULL, NULL, rows)
+                        with gil:
+                            self._reduce(self.m, rows)
+                        add_norm_rows(&self.rs, x, m, NULL, NULL, NULL, NULL, rows)
+                    else:
+                        add_norm_rows(&self.rs, x, o, m, NULL, NULL, NULL, rows)
                 if self._wants(l, P_RESID_POST):
                     with gil:
                         self._fire_block(l, P_RESID_POST, nseg, seg_rows, mi_n, ff)
@@ -666,7 +712,15 @@ cdef class Engine:
         cdef float *ad = <float *> cnp.PyArray_DATA(self.ad)
         cdef int32_t *asum = <int32_t *> cnp.PyArray_DATA(self.asum)
         cdef float *y = <float *> cnp.PyArray_DATA(out)
+        cdef int64_t n = self.lm_head.n
+        if self.tp is not None:
+            # this rank's rows of the vocabulary, then every rank's gathered into out
+            if self.local_logits is None or self.local_logits.shape[0] < count:
+                self.local_logits = np.empty((count, n), np.float32)
+            y = <float *> cnp.PyArray_DATA(self.local_logits)
         with nogil:
-            self.lm_head.apply(inp, self.lm_head.k, count, y, self.vocab, aq, ad, asum)
+            self.lm_head.apply(inp, self.lm_head.k, count, y, n, aq, ad, asum)
+        if self.tp is not None:
+            self.tp.gather_columns(self.local_logits[:count], out, self.vocab_splits)
         if hook_batch > 0 and self._wants(self.n_layer, G_UNEMBED):
             self._fire(self.n_layer, G_UNEMBED, out.reshape(hook_batch, count // hook_batch, self.vocab))

@@ -26,7 +26,7 @@ class AutoModelForCausalLM:
             kwargs.pop(ignored, None)
         compute_dtype = kwargs.pop("compute_dtype", None)
         cache_dir = kwargs.pop("cache_dir", None)
-        engine = {k: kwargs.pop(k) for k in ("max_chunk", "progress", "verify") if k in kwargs}
+        engine = {k: kwargs.pop(k) for k in ("max_chunk", "progress", "verify", "tensor_parallel") if k in kwargs}
         if kwargs:
             raise TypeError(f"from_pretrained() got unsupported arguments: {', '.join(sorted(kwargs))}")
         return Model.from_pretrained(pretrained_model_name_or_path, quantization_config,

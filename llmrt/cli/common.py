@@ -27,6 +27,17 @@ def add_quant_args(p: argparse.ArgumentParser, *, activation_default: str = "hig
     g.add_argument("--use_cache", action="store_true", help="reuse / write the quantized model cache")
 
 
+def add_parallel_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensor_parallel", action="store_true",
+                   help="split the model over the ranks of `mpiexec -n N llmrt ...` (each holds 1/N of every "
+                        "attention and MLP matrix; only rank 0 reads input and prints); needs llmrt[mpi]")
+
+
+def is_root(model) -> bool:
+    """Whether this process prints: always, except on tensor-parallel ranks other than 0."""
+    return model.tp is None or model.tp.is_root
+
+
 def model_path(arg: str | None) -> Path:
     """The model a command runs: the path given, or the built-in default (SmolLM2-135M-Instruct)."""
     from llmrt.hub import default_model_path
@@ -66,7 +77,8 @@ def load_model(path: Path, args: argparse.Namespace, memory_dtype: str | None = 
     """The model at path, quantized (HF checkpoints) or run as stored (GGUF, .llmrt) per the quant options."""
     from llmrt import Model
 
-    return Model.from_pretrained(path, quant_config(args), compute_dtype=args.compute_dtype, memory_dtype=memory_dtype)
+    return Model.from_pretrained(path, quant_config(args), compute_dtype=args.compute_dtype, memory_dtype=memory_dtype,
+                                 tensor_parallel=getattr(args, "tensor_parallel", False))
 
 
 def load_model_and_tokenizer(path: Path, args: argparse.Namespace, memory_dtype: str | None = None):

@@ -5,7 +5,8 @@ import argparse
 import sys
 import time
 
-from llmrt.cli.common import ColorStreamer, add_quant_args, current_tier, load_model_and_tokenizer, model_path
+from llmrt.cli.common import (ColorStreamer, add_parallel_arg, add_quant_args, current_tier, is_root,
+                              load_model_and_tokenizer, model_path)
 
 DEFAULT_PROMPT = "What is the capital of France?"
 
@@ -23,7 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # a chat template already writes every special token; a raw prompt gets what the tokenizer adds
     ids = tok(text, return_tensors="np", add_special_tokens=args.no_chat).input_ids
     streamer = ColorStreamer(tok, color=args.color)
-    if args.color:
+    if args.color and is_root(model):
         sys.stdout.write("\033[33m" + prompt + "\033[0m\n")
     t1 = time.perf_counter()
     out = model.generate(ids, max_new_tokens=args.n_predict, do_sample=args.temperature > 0,
@@ -33,6 +34,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          ctx_size=args.ctx_size if args.ctx_size else None)
     dt = time.perf_counter() - t1
     n_new = out.shape[1] - ids.shape[1]
+    if not is_root(model):
+        return 0
     print(f"\n[llmrt] {path.name}: load {t_load:.1f} s, {ids.shape[1]} prompt + {n_new} new tokens in {dt:.2f} s "
           f"({n_new / dt if dt > 0 else 0:.1f} tok/s incl. prefill), isa {current_tier()}", file=sys.stderr)
     return 0
@@ -51,13 +54,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
         gen.update(n_keep=args.keep if args.keep is not None else -1, shift_roped_k=args.shift_roped_k)
     start = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(start)
-    tty = sys.stdin.isatty()
+    root = is_root(model)
+    tty = sys.stdin.isatty() and root
     if tty:
         print("llmrt chat: type a message; /reset starts over, /quit (or Ctrl-D) ends.", file=sys.stderr)
     while True:
         if tty:
             print("> ", end="", flush=True)
-        line = sys.stdin.readline()
+        line = sys.stdin.readline() if root else None
+        if model.tp is not None:           # rank 0 reads; every rank answers the same line
+            line = model.tp.share_text(line if line else None)
         if not line:
             break
         text = line.strip()
@@ -75,7 +81,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         reply = model.chat(messages, tok, streamer=streamer, threads=args.threads, **gen)
         dt = time.perf_counter() - t0
         messages.append({"role": "assistant", "content": reply})
-        print(f"[llmrt] turn {sum(m['role'] == 'user' for m in messages)}: {dt:.2f} s", file=sys.stderr)
+        if root:
+            print(f"[llmrt] turn {sum(m['role'] == 'user' for m in messages)}: {dt:.2f} s", file=sys.stderr)
     return 0
 
 
@@ -100,6 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no_chat", action="store_true", help="do not wrap the prompt in the chat template")
     r.add_argument("--tokenizer", default=None, help="tokenizer directory when the model is an .llmrt file")
     add_quant_args(r)
+    add_parallel_arg(r)
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("chat", help="multi-round chat on stdin (chat template, KV cache kept between turns); "
                                      "default model SmolLM2-135M-Instruct")
@@ -115,4 +123,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--color", action="store_true", help="color the answers")
     c.add_argument("--tokenizer", default=None, help="tokenizer directory when the model is an .llmrt file")
     add_quant_args(c)
+    add_parallel_arg(c)
     c.set_defaults(func=cmd_chat)

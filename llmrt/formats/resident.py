@@ -28,6 +28,11 @@ def _mapping_of(arr: np.ndarray) -> tuple[mmap.mmap, int] | None:
     return mm, np.frombuffer(mm, dtype=np.uint8, count=0).ctypes.data
 
 
+def is_mapped(arr: np.ndarray) -> bool:
+    """Whether arr is a view of a memory-mapped file (its pages can be given back)."""
+    return _mapping_of(arr) is not None
+
+
 def drop_resident_pages(arrays: Iterable[np.ndarray]) -> None:
     """Let the OS drop the resident pages of these memory-mapped arrays (they are read back from
     the file if touched again).  Arrays not backed by a read-only file mapping are left alone."""

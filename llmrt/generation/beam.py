@@ -84,6 +84,7 @@ def beam_search(starts: list[Sequence], first_logits: np.ndarray, table: TokenTa
 
     cur = width
     logits = np.repeat(first_logits[:, None, :], nb, axis=1)
+    tp = getattr(starts[0].engine, "tp", None) if starts else None
     while True:
         flat_logits = logits.reshape(n_items * nb, vocab).astype(np.float32)
         if opts.check_finite:
@@ -125,6 +126,8 @@ def beam_search(starts: list[Sequence], first_logits: np.ndarray, table: TokenTa
         if stop:
             hits |= stop(top_seq[:, :, :cur + 1].reshape(n_items * keep_k, cur + 1), keep_scores).reshape(
                 n_items, keep_k)
+        if tp is not None:
+            hits = tp.agree(hits, "stop flags")       # tensor parallelism: rank 0's criteria decide
 
         # c. the best num_beams that did not stop run on
         run_lp = top_lp + hits.astype(np.float32) * _NEG

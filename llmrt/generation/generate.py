@@ -28,6 +28,9 @@ def generate(model: Any, input_ids: Any = None, generation_config: Any = None, l
              **kwargs: Any) -> np.ndarray | GenerateOutput:
     """See Model.generate.  `session` carries the conversation when interactive;
     whole_conversation: the input repeats the conversation so far (chat templates)."""
+    tp = getattr(model.engine, "tp", None)
+    if streamer is not None and tp is not None and not tp.is_root:
+        streamer = _Unheard()             # tensor parallelism: only rank 0 streams
     hook = StreamerHook(streamer) if streamer is not None else None
     try:
         return _generate(model, input_ids, generation_config, logits_processor, stopping_criteria, hook,
@@ -66,7 +69,9 @@ def _generate(model: Any, input_ids: Any, generation_config: Any, logits_process
     max_new, min_new = opts.new_tokens_bounds(width)
     pipeline = LogitsPipeline(opts, min_new, logits_processor)
     stop = StoppingCheck(stopping_criteria)
-    rng = np.random.default_rng(opts.seed)
+    # under tensor parallelism an unseeded sampler draws rank 0's entropy on every rank
+    tp = getattr(model.engine, "tp", None)
+    rng = np.random.default_rng(opts.seed if opts.seed is not None or tp is None else tp.seed())
     padded = np.repeat(ids, expand, axis=0)
     widths = np.repeat(pad_widths, expand)
     skip_prompt = getattr(hook.streamer, "skip_prompt", False) if hook is not None else False
@@ -98,6 +103,15 @@ def _generate(model: Any, input_ids: Any, generation_config: Any, logits_process
             new = [int(t) for t in table.row(0)[len(rows[0]):]]
             session.end(new, fed=len(new) - 1)          # the last token was never run
         return _finish(opts, table.padded(), width, ignore_prompt, res.scores, res.logits, None, None)
+
+
+class _Unheard:
+    """The streamer of a tensor-parallel rank other than 0: what rank 0 shows, nobody else does."""
+    def put(self, value: Any) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
 
 
 def _sequences(model: Any, opts: GenerationOptions, rows: list[np.ndarray], max_new: int, interactive: bool,

@@ -47,6 +47,7 @@ def sample_search(seqs: list[Sequence], first_logits: np.ndarray, table: TokenTa
     logits = first_logits
     if opts.check_finite:
         check_logits(logits)
+    tp = getattr(seqs[0].engine, "tp", None) if seqs else None      # tensor parallelism: rank 0 decides for every rank
     while True:
         # rows that only get pad tokens: finished ones (transformers pads them when it watches an
         # EOS token; otherwise they keep generating) and those at the end of their context
@@ -66,6 +67,8 @@ def sample_search(seqs: list[Sequence], first_logits: np.ndarray, table: TokenTa
             nxt = np.array([pad if idle[r] else sample_row(scores[r], rng) for r in range(n_rows)], dtype=np.int64)
         else:
             nxt = np.where(idle, pad, np.argmax(scores, axis=-1)).astype(np.int64)
+        if tp is not None:
+            nxt = tp.agree(nxt, "next tokens")
         table.append(nxt)
         res.n_new += 1
 
@@ -74,6 +77,8 @@ def sample_search(seqs: list[Sequence], first_logits: np.ndarray, table: TokenTa
             done[:] = True
         if stop:
             done |= stop(table.padded(), keep_scores)
+        if tp is not None:
+            done = tp.agree(done, "stop flags")
         for r in range(n_rows):
             # this token is the ctx_size-th and nothing may be dropped: the context has ended
             pol = seqs[r].policy
