@@ -73,6 +73,9 @@ class ShardPlan:
         if not 0 <= rank < size:
             raise ValueError(f"rank {rank} is not in a group of {size}")
         nh, nkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        if size > nh:
+            raise UnsupportedError(f"the model has {nh} attention heads and each rank needs one at least: run with at "
+                                   f"most {nh} ranks (got {size})")
         align = _column_align(quant)
         group = nh // nkv
         if nkv >= size:
