@@ -58,11 +58,12 @@ def smollm2_path() -> Path:
     return default_model_path()
 
 
-def load(name: str, fmt: str | None):
-    """An llmrt Model for a benchmark name ('smollm2' runs its GGUF as shipped)."""
+def load(name: str, fmt: str | None, **kwargs):
+    """An llmrt Model for a benchmark name ('smollm2' runs its GGUF as shipped); kwargs go to from_pretrained."""
     from llmrt import AutoModelForCausalLM, WeightOnlyQuantConfig
 
     if name == "smollm2":
-        return AutoModelForCausalLM.from_pretrained(smollm2_path())
+        return AutoModelForCausalLM.from_pretrained(smollm2_path(), **kwargs)
     q = WeightOnlyQuantConfig(use_cache=True, **FORMATS[fmt])
-    return AutoModelForCausalLM.from_pretrained(model_dir(name), quantization_config=q, cache_dir=CACHE / "quantized")
+    return AutoModelForCausalLM.from_pretrained(model_dir(name), quantization_config=q, cache_dir=CACHE / "quantized",
+                                                **kwargs)

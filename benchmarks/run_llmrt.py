@@ -5,6 +5,10 @@ prompt; one warm-up rep, then the median of --reps.
 
     python benchmarks/run_llmrt.py --model llama-1.1b --format int4_g32 --threads 2 --pp 512 --tg 128 --reps 3
     python benchmarks/run_llmrt.py --model smollm2
+    mpiexec -n 2 python benchmarks/run_llmrt.py --model llama-1.1b --threads 1 --tensor_parallel
+
+With --tensor_parallel every rank runs the same reps and rank 0 prints, adding each rank's peak RSS and
+weight bytes and the seconds the ranks spent in their collectives (all-reduce, logits gather, token agreement).
 """
 from __future__ import annotations
 
@@ -46,6 +50,29 @@ def decode_weight_bytes(model) -> int:
     return total
 
 
+class CollectiveClock:
+    """Times this rank's collectives (wrapping its TensorParallel's methods)."""
+
+    def __init__(self, tp):
+        self.seconds = 0.0
+        for name in ("allreduce_rows", "gather_columns", "agree"):
+            setattr(tp, name, self._timed(getattr(tp, name)))
+
+    def _timed(self, fn):
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t
+        return run
+
+    @staticmethod
+    def calls_per_token(n_layers: int) -> int:
+        """Two all-reduces per layer (one with a parallel residual), one gather, one token agreement."""
+        return 2 * n_layers + 2
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, help="llama-110m | llama-1.1b | smollm2")
@@ -54,14 +81,17 @@ def main() -> int:
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tensor_parallel", action="store_true", help="split over the ranks of mpiexec")
     a = ap.parse_args()
 
     from llmrt._kernels import _ops
     from llmrt.runtime import compute_threads
 
     t0 = time.perf_counter()
-    model = load(a.model, None if a.model == "smollm2" else a.format)
+    model = load(a.model, None if a.model == "smollm2" else a.format,
+                 **({"tensor_parallel": True} if a.tensor_parallel else {}))
     load_s = time.perf_counter() - t0
+    comm = CollectiveClock(model.tp) if model.tp is not None else None
     rng = np.random.default_rng(0)
     bos = model.config.bos_token_id if model.config.bos_token_id is not None else 1
     prompt = np.concatenate([[bos], rng.integers(3, model.vocab_size, size=a.pp - 1)]).astype(np.int64)
@@ -75,13 +105,15 @@ def main() -> int:
         tok = int(np.argmax(logits[0]))
         t1 = time.perf_counter()
         c0 = eng.compute_seconds
+        comm0 = comm.seconds if comm else 0.0
         for _ in range(tg):
             tok = int(np.argmax(eng.forward(cache, np.array([tok]))[0]))
         t2 = time.perf_counter()
         # what a decode step spends outside the engine's blocks and head: Python, argument checks,
         # the caller's argmax and token array
         py = 1.0 - (eng.compute_seconds - c0) / (t2 - t1) if tg else 0.0
-        return {"pp": a.pp / (t1 - t0), "tg": tg / (t2 - t1) if tg else 0.0, "py": py}
+        return {"pp": a.pp / (t1 - t0), "tg": tg / (t2 - t1) if tg else 0.0, "py": py,
+                "comm": (comm.seconds - comm0) / (t2 - t1) if comm and tg else 0.0}
 
     with compute_threads(a.threads):
         one_rep(min(a.tg, 8))
@@ -96,6 +128,18 @@ def main() -> int:
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "decode_weight_bytes": decode_weight_bytes(model), "kv_cache_bytes": cache.nbytes,
            "isa": _ops.current_tier(), "load_s": round(load_s, 2), "foreign_cpus": foreign_cpus(s0, s1)}
+    if model.tp is not None:
+        tp = model.tp
+        per_rank = np.zeros((tp.size, 3), np.float64)
+        mine = np.array([[rec["peak_rss_mb"], decode_weight_bytes(model) / 2**20,
+                          statistics.median(r["comm"] for r in runs)]], np.float64)
+        tp.comm.Allgather(mine, per_rank)
+        rec.update(ranks=tp.size, rank_peak_rss_mb=per_rank[:, 0].round(1).tolist(),
+                   rank_weight_mib=per_rank[:, 1].round(1).tolist(),
+                   decode_collective_share_pct=(100 * per_rank[:, 2]).round(2).tolist(),
+                   collective_calls_per_token=comm.calls_per_token(model.config.num_layers))
+        if not tp.is_root:
+            return 0
     print(json.dumps(rec), flush=True)
     return 0
 

@@ -28,6 +28,14 @@ def _mapping_of(arr: np.ndarray) -> tuple[mmap.mmap, int] | None:
     return mm, np.frombuffer(mm, dtype=np.uint8, count=0).ctypes.data
 
 
+def _byte_bounds(arr: np.ndarray) -> tuple[int, int]:
+    try:
+        from numpy.lib.array_utils import byte_bounds      # NumPy 2
+    except ImportError:                                    # NumPy 1.26
+        from numpy import byte_bounds
+    return byte_bounds(arr)
+
+
 def is_mapped(arr: np.ndarray) -> bool:
     """Whether arr is a view of a memory-mapped file (its pages can be given back)."""
     return _mapping_of(arr) is not None
@@ -45,8 +53,8 @@ def drop_resident_pages(arrays: Iterable[np.ndarray]) -> None:
         if found is None:
             continue
         mm, start = found
-        lo = arr.ctypes.data - start
-        hi = lo + arr.nbytes
+        first, end = _byte_bounds(arr)       # a strided view (a column slice) spans more than nbytes
+        lo, hi = first - start, end - start
         lo -= lo % _PAGE                              # whole pages inside the mapping
         hi = min(hi + (-hi) % _PAGE, len(mm))
         if lo < hi:
