@@ -100,6 +100,54 @@ def test_quantized_ranks_give_the_single_process_tokens(tp_runs, tiny_models, na
     assert max_rel_err(got["logits"], want["logits"]) <= 3e-2
 
 
+def _families_two(tmp: Path) -> dict[str, Path]:
+    """Remote-code families (Families II) in their own checkpoint layouts, built by their tests' writers."""
+    from test_family_baichuan import CONFIGS as BAICHUAN, _random_weights, write_checkpoint as write_baichuan
+    from test_family_chatglm import build_chatglm
+    from test_family_qwen import CONFIGS as QWEN, qwen_config, qwen_tensors, write_checkpoint as write_qwen
+
+    dirs = {}
+    for name in ("glm2-groups2", "glm-mha-nobias"):
+        (tmp / name).mkdir()
+        build_chatglm(tmp / name, name)
+        dirs[name] = tmp / name
+    for name in ("baichuan-13b-6heads", "baichuan2-7b-normhead"):
+        (tmp / name).mkdir()
+        dirs[name] = write_baichuan(tmp / name, BAICHUAN[name], _random_weights(BAICHUAN[name], seed=3))
+    cfg = qwen_config(**QWEN["qwen-6heads-biases"])
+    (tmp / "qwen").mkdir()
+    dirs["qwen-6heads-biases"] = write_qwen(tmp / "qwen", cfg, qwen_tensors(cfg))
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def tp_families_two(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tp2")
+    dirs = _families_two(tmp)
+    cases = [{"dir": str(d), "quant": q, "kind": "full" if q == "fp32" else "basic",
+              "out": str(tmp / f"{name}-{q}.npz"), "key": [name, q]} for name, d in dirs.items() for q in ("fp32", "int4")]
+    proc = run_job({"cases": cases}, tmp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return dirs, {tuple(c["key"]): dict(np.load(c["out"])) for c in cases}
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int4"])
+@pytest.mark.parametrize("name", ["glm2-groups2", "glm-mha-nobias", "baichuan-13b-6heads", "baichuan2-7b-normhead",
+                                  "qwen-6heads-biases"])
+def test_families_two_split_like_the_runner(tp_families_two, name, quant):
+    dirs, runs = tp_families_two
+    got = runs[(name, quant)]
+    model = AutoModelForCausalLM.from_pretrained(dirs[name], quantization_config=quant_config(quant), progress=False,
+                                                 trust_remote_code=True)
+    want = exercise(model, "full" if quant == "fp32" else "basic")
+    assert set(got) - {"ranks", "head_rows"} == set(want)
+    for key in want:
+        if key in ("logits", "hidden_last"):
+            assert max_rel_err(got[key], want[key]) <= (1e-5 if quant == "fp32" else 3e-2), key
+        else:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
 def test_streamer_runs_on_rank_zero_with_the_tokens(tp_runs):
     got = tp_runs[("llama-gqa-tied", "fp32")]
     np.testing.assert_array_equal(got["streamer_log"][-8:], got["streamed"][0, -8:])

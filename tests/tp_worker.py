@@ -61,6 +61,9 @@ def exercise(model, kind: str) -> dict[str, np.ndarray]:
     log = TokenLog()
     out["streamed"] = model.generate(short, max_new_tokens=8, eos_token_id=None, streamer=log)
     out["streamer_log"] = np.array(log.ids, np.int64)
+    # a stopping criterion only rank 0's copy would fire: rank 0 decides for every rank
+    out["stopped"] = model.generate(short, max_new_tokens=20, eos_token_id=None,
+                                    stopping_criteria=[stops_on_rank_zero_at(short.shape[1] + 7)])
     # a stop token that greedy decoding meets ends the row early
     stop_at = int(out["greedy"][0, 9])
     out["eos"] = model.generate(ids[:, :5], max_new_tokens=32, eos_token_id=stop_at, pad_token_id=0)
@@ -76,6 +79,16 @@ def exercise(model, kind: str) -> dict[str, np.ndarray]:
                                      eos_token_id=None)
     out["hidden_last"] = model(ids[:, :9], output_hidden_states=True).hidden_states[-1]
     return out
+
+
+def stops_on_rank_zero_at(length: int):
+    """A stopping criterion that fires at `length` tokens in the process MPI's launcher calls rank 0 (or
+    in a process started alone) and never elsewhere."""
+    rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
+
+    def criterion(input_ids, scores):
+        return rank == 0 and input_ids.shape[1] >= length
+    return criterion
 
 
 class NoPickleComm:
