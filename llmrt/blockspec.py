@@ -15,8 +15,8 @@ from llmrt.errors import ConfigError, ModelFileError
 NORMS = ("rms", "layer")
 NORM_PLACEMENTS = ("pre", "post")
 MLPS = ("gated_silu", "silu", "gelu", "gelu_tanh", "relu")
-RESIDUALS = ("sequential", "parallel", "parallel_shared_norm")
-POSITIONS = ("rotary", "alibi", "learned", "none")
+RESIDUALS = ("sequential", "parallel", "parallel_shared_norm", "deepnorm")
+POSITIONS = ("rotary", "alibi", "learned", "none", "rotary_2d")
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,11 +27,17 @@ class BlockSpec:
     norm_placement: "pre" (x += f(norm(x))) | "post" (x = norm(x + f(x)); sequential residual only).
     mlp: "gated_silu" (rows [gate; up]) | "silu" | "gelu" (exact) | "gelu_tanh" | "relu".
     residual: "sequential" (x += attn(norm1 x); x += mlp(norm2 x)) | "parallel" (x += attn(norm1 x) +
-        mlp(norm2 x)) | "parallel_shared_norm" (one norm feeds both).
+        mlp(norm2 x)) | "parallel_shared_norm" (one norm feeds both) | "deepnorm" (GLM's: x = a * norm1(x) +
+        attn(norm1 x); x = a * norm2(x) + mlp(norm2 x), a = residual_alpha).
     positions: "rotary" (rotary_dim features per head, NeoX halves or GPT-J pairs if
         rotary_interleaved, at inv_freq with any scaling folded in) | "alibi" (score += slope[h] *
         (key slot - query slot), alibi_slopes per head) | "learned" (a position table added to the
-        embedding, row position + position_offset) | "none".
+        embedding, row position + position_offset) | "none" | "rotary_2d" (GLM: NeoX halves over the
+        whole head; the first half of inv_freq turns at the token's position, the second at its block
+        position, both read from the prefix: see prefix_tokens).
+    prefix_tokens: (context end, mask, gmask) ids of a prefix-LM (ChatGLM-6B): a sequence's context runs
+        up to its first context-end token, attended both ways; token t < C is at (t, 0), a later one at
+        (the [gMASK] (else [MASK]) index, t - C + 1).  Empty: causal everywhere.
     sliding_window: keys visible to a query (0: all); layer_windows, if given, one per layer.
     attn_scale: None means head_dim ** -0.5.  qkv_clip: clamp QKV outputs to +-qkv_clip (0: off).
     final_norm: whether a norm follows the last block.
@@ -62,6 +68,8 @@ class BlockSpec:
     final_norm: bool = True
     logn_from: int = 0
     ntk_from: int = 0
+    residual_alpha: float = 1.0
+    prefix_tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         def bad(what: str) -> None:
@@ -81,7 +89,7 @@ class BlockSpec:
             bad(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.rotary_dim < 0 or self.rotary_dim > self.head_dim or self.rotary_dim % 2:
             bad(f"rotary_dim {self.rotary_dim} must be even and at most head_dim {self.head_dim}")
-        if (self.positions == "rotary") != (self.rotary_dim > 0):
+        if (self.positions in ("rotary", "rotary_2d")) != (self.rotary_dim > 0):
             bad(f"rotary_dim is {self.rotary_dim} with positions {self.positions!r}: "
                 "rotary positions need rotary_dim > 0, the others rotary_dim 0")
         inv = np.ascontiguousarray(self.inv_freq, dtype=np.float32).reshape(-1)
@@ -111,6 +119,20 @@ class BlockSpec:
             bad("logn_from must be 0 (off) or at least 2: the query scale divides by ln(logn_from)")
         if not self.qkv_clip >= 0:
             bad(f"qkv_clip must be >= 0 (0: off), got {self.qkv_clip}")
+        if not (isinstance(self.residual_alpha, (int, float)) and math.isfinite(self.residual_alpha)
+                and self.residual_alpha > 0):
+            bad(f"residual_alpha must be a finite number > 0, got {self.residual_alpha!r}")
+        if self.residual == "deepnorm" and self.norm_placement != "pre":
+            bad("the deepnorm residual scales a pre-norm block's normalized input")
+        object.__setattr__(self, "prefix_tokens", tuple(int(t) for t in self.prefix_tokens))
+        if self.prefix_tokens and len(self.prefix_tokens) != 3:
+            bad(f"prefix_tokens are (context end, mask, gmask) ids, got {self.prefix_tokens}")
+        if (self.positions == "rotary_2d") != bool(self.prefix_tokens):
+            bad("2D rotary positions come from a prefix-LM's context: positions 'rotary_2d' needs prefix_tokens "
+                "and prefix_tokens need it")
+        if self.positions == "rotary_2d" and (self.rotary_dim != self.head_dim or self.rotary_dim % 4):
+            bad(f"2D rotary turns the whole head in two halves: rotary_dim ({self.rotary_dim}) must equal head_dim "
+                f"({self.head_dim}) and be a multiple of 4")
 
     @property
     def scale(self) -> float:

@@ -52,6 +52,10 @@ class ModelConfig:
     logn_attn_from: int = 0
     dynamic_ntk_from: int = 0
     final_norm: bool = True
+    # GLM (ChatGLM-6B): residual "deepnorm" scales the normalized input by residual_alpha; positions
+    # "rotary_2d" with a prefix-LM given by prefix_lm_tokens [context end, mask, gmask]
+    residual_alpha: float = 1.0
+    prefix_lm_tokens: list[int] | None = None
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
@@ -63,6 +67,11 @@ class ModelConfig:
         """Rotary inverse frequencies, with linear or llama3 scaling folded in."""
         if self.rotary_dim == 0:
             return np.zeros(0, np.float32)
+        if self.positions == "rotary_2d":
+            # two rotaries of half a head each (token and block positions), the same frequencies
+            quarter = np.arange(0, self.rotary_dim // 2, 2, dtype=np.float64) / (self.rotary_dim // 2)
+            inv = 1.0 / (self.rope_theta ** quarter)
+            return np.concatenate([inv, inv]).astype(np.float32)
         scaling = v.rope_scaling(self.rope_scaling)
         # extreme bases or factors overflow to inf / 0 here: validate() refuses non-finite results
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
@@ -125,6 +134,13 @@ class ModelConfig:
         v.as_float(self.qkv_clip, "qkv_clip", min_value=0.0)
         v.as_int(self.logn_attn_from, "logn_attn_from", min_value=0)
         v.as_int(self.dynamic_ntk_from, "dynamic_ntk_from", min_value=0)
+        v.as_float(self.residual_alpha, "residual_alpha", positive=True)
+        if self.prefix_lm_tokens is not None:
+            if not isinstance(self.prefix_lm_tokens, (list, tuple)) or len(self.prefix_lm_tokens) != 3:
+                raise ConfigError(f"prefix_lm_tokens must be [context end, mask, gmask] ids, got "
+                                  f"{v.describe(self.prefix_lm_tokens)}")
+            for t in self.prefix_lm_tokens:
+                v.as_int(t, "prefix_lm_tokens entry", min_value=0, max_value=self.vocab_size - 1)
 
     def _check_tokens(self) -> None:
         self._drop_special_ids_outside_the_vocabulary()
@@ -166,7 +182,8 @@ class ModelConfig:
                          position_offset=self.position_offset, sliding_window=self.sliding_window,
                          layer_windows=tuple(self.layer_windows or ()), attn_scale=self.attn_scale,
                          qkv_clip=self.qkv_clip, final_norm=self.final_norm, logn_from=self.logn_attn_from,
-                         ntk_from=self.dynamic_ntk_from)
+                         ntk_from=self.dynamic_ntk_from, residual_alpha=self.residual_alpha,
+                         prefix_tokens=tuple(self.prefix_lm_tokens or ()))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

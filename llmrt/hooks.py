@@ -33,7 +33,7 @@ def hook_points(engine: Any) -> list[tuple[str, int, int]]:
         absent |= {"ln1.hook_normalized", "ln2.hook_normalized"}
     if engine.rot_dim == 0:
         absent |= {"attn.hook_rot_q", "attn.hook_rot_k"}
-    if spec.residual != "sequential":
+    if spec.residual in ("parallel", "parallel_shared_norm"):
         absent.add("hook_resid_mid")
     if spec.residual == "parallel_shared_norm":
         absent.add("ln2.hook_normalized")

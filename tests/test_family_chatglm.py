@@ -249,14 +249,18 @@ V1_CONFIG = {"architectures": ["ChatGLMModel"], "bos_token_id": 130004, "eos_tok
              "use_cache": True, "vocab_size": 130528}
 
 
-def test_chatglm_v1_is_refused_naming_what_is_missing(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(V1_CONFIG))
-    with pytest.raises(UnsupportedError, match=r"ChatGLM-6B v1.*position_encoding_2d.*2D rotary.*prefix-LM"):
-        AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)
-    # a v1 config without the 2D switch is still told apart from v2 by what it lacks
+def test_chatglm_v1_config_is_told_apart_from_v2():
+    """ChatGLM-6B's published config runs as v1 (tests/test_family_chatglm_v1.py); a config with neither
+    version's own fields is v1 too (v2 always has multi_query_group_num / padded_vocab_size / kv_channels)."""
+    cfg = ChatGLM.config_from_hf(V1_CONFIG)
+    assert (cfg.extra["variant"], cfg.residual, cfg.positions, cfg.norm, cfg.mlp) == (
+        "v1", "deepnorm", "rotary_2d", "layer", "gelu_tanh")
+    assert (cfg.num_layers, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size) == (28, 128, 16384, 130528)
+    assert cfg.prefix_lm_tokens == [130004, 130000, 130001] and cfg.residual_alpha == pytest.approx(56 ** 0.5)
     bare = {k: v for k, v in V1_CONFIG.items() if k not in ("position_encoding_2d", "inner_hidden_size")}
-    with pytest.raises(UnsupportedError, match="none of multi_query_group_num"):
-        ChatGLM.config_from_hf(bare)
+    assert ChatGLM.config_from_hf(bare).extra["variant"] == "v1"
+    with pytest.raises(UnsupportedError, match="position_encoding_2d"):
+        ChatGLM.config_from_hf(dict(V1_CONFIG, position_encoding_2d=False))
 
 
 @pytest.mark.parametrize("change,match", [

@@ -23,7 +23,7 @@ from llmrt._core.embedding cimport Embedder, EMBED_TOKENS
 from llmrt._core.layer cimport Layer, float_ptr
 from llmrt._core.layer import float_vector
 from llmrt._core.rows cimport (RowSpec, NORM_RMS, NORM_LAYER, norm_row, norm_rows, add_norm_rows, rope_store_rows,
-                               ROPE_ROTATE, ROPE_STORE, ROPE_BOTH)
+                               scaled_copy_rows, ROPE_ROTATE, ROPE_STORE, ROPE_BOTH)
 from llmrt._core.streaming import KeyShifter
 from llmrt.blockspec import BlockSpec
 from llmrt.errors import UnsupportedError
@@ -36,8 +36,10 @@ cdef enum ResidualKind:
     RES_SEQUENTIAL
     RES_PARALLEL
     RES_PARALLEL_SHARED_NORM
+    RES_DEEPNORM
 NORMS = {"rms": NORM_RMS, "layer": NORM_LAYER}
-RESIDUALS = {"sequential": RES_SEQUENTIAL, "parallel": RES_PARALLEL, "parallel_shared_norm": RES_PARALLEL_SHARED_NORM}
+RESIDUALS = {"sequential": RES_SEQUENTIAL, "parallel": RES_PARALLEL, "parallel_shared_norm": RES_PARALLEL_SHARED_NORM,
+             "deepnorm": RES_DEEPNORM}
 # rows of the output head per two-pass weight pass (decode and beams need few; prefill asks for one)
 HEAD_TWO_PASS_ROWS = 32
 
@@ -85,7 +87,9 @@ cdef class Engine:
     cdef ResidualKind residual
     cdef bint gated, post_norm
     cdef int act_kind
-    cdef float attn_scale, qkv_clip
+    cdef float attn_scale, qkv_clip, res_alpha
+    # a prefix-LM's (context end, mask, gmask) ids (ChatGLM-6B), or ()
+    cdef readonly tuple prefix_tokens
     # Qwen past its training length (BlockSpec.logn_from / ntk_from; 0: off)
     cdef int64_t logn_from, ntk_from
     cdef object inv_freq, alibi, windows
@@ -140,6 +144,7 @@ cdef class Engine:
         self.shifts = KeyShifter(spec.positions, self.rot_dim, spec.rotary_interleaved, self.inv_freq,
                                  min([w for w in self.windows if w > 0], default=0))
         self.attn_scale, self.qkv_clip = spec.scale, spec.qkv_clip
+        self.res_alpha, self.prefix_tokens = spec.residual_alpha, spec.prefix_tokens
         self.logn_from, self.ntk_from = spec.logn_from, spec.ntk_from
         self.layers = layers
         self.embedder, self.lm_head, self.project_out = embedder, lm_head, project_out
@@ -312,7 +317,11 @@ cdef class Engine:
                   and out.flags.c_contiguous and out.flags.writeable):
             raise ValueError(f"out must be a writeable C-contiguous float32 array of shape {shape}")
         cdef int64_t start = 0, rows = 0, chunk = self.max_chunk
-        if self.want != NULL:
+        cdef bint whole = self.want != NULL
+        if self.prefix_tokens:
+            # the context attends both ways: all of it goes through the blocks in one chunk
+            whole = whole or self._start_prefix(cache, toks)
+        if whole:
             chunk = n
             self._grow_scratch(n)
         if self.ntk_from > 0 and cache.n_past == 0:
@@ -327,8 +336,34 @@ cdef class Engine:
             start += rows
         if not all_logits:
             self._head(rows - 1, 1, out, 1)
+        if whole and self.want == NULL and self.x.shape[0] != self.max_chunk:
+            self._alloc(self.max_chunk)          # back to the usual scratch after a long context
+            self.embedder.resize_rows(self.max_chunk)
         self.compute_seconds += time.perf_counter() - t0
         return out
+
+    cdef bint _start_prefix(self, KVCache cache, cnp.ndarray toks) except -1:
+        """A prefix-LM sequence's first forward fixes its context (up to its first context-end token)
+        and mask position; returns whether this forward holds context rows (run as one chunk)."""
+        cdef int64_t end_id = self.prefix_tokens[0], mask_id = self.prefix_tokens[1]
+        cdef int64_t gmask_id = self.prefix_tokens[2]
+        if cache.n_past == 0:
+            ids = toks.tolist()
+            if end_id not in ids:
+                raise ValueError(f"this model (ChatGLM-6B) takes the prompt up to its <sop> token (id {end_id}) as "
+                                 f"context, and a sequence's first input has none: end the prompt with [gMASK] "
+                                 f"<sop> as its tokenizer does")
+            context = ids.index(end_id)
+            mark = gmask_id if gmask_id in ids[:context] else mask_id
+            if mark not in ids[:context]:
+                raise ValueError(f"this model (ChatGLM-6B) needs a [gMASK] (id {gmask_id}) or [MASK] (id {mask_id}) "
+                                 f"token before the prompt's <sop>: its positions count from it")
+            cache.prefix = (context, ids.index(mark))
+            return True
+        if cache.prefix is None or cache.n_past < cache.prefix[0]:
+            raise ValueError("this sequence's context (before its <sop>) is cut short in the cache: run the "
+                             "sequence again from its start")
+        return False
 
     def forward_batch(self, list caches, tokens):
         """One new token for each of several sequences (batch rows, beams): the weights are read
@@ -341,6 +376,9 @@ cdef class Engine:
             raise ValueError("forward_batch needs one distinct cache per token")
         for c in caches:
             self._check_cache(c, 1)
+            if self.prefix_tokens and (c.prefix is None or c.n_past < c.prefix[0]):
+                raise ValueError("forward_batch continues sequences: run each prompt (up to its <sop>) with "
+                                 "forward first")
         out = np.empty((n, self.vocab), np.float32)
         if self.want != NULL:
             chunk = n
@@ -445,12 +483,31 @@ cdef class Engine:
             self.embedder.check_positions(sg[s, SEG_POS] + seg_rows - 1)
         for t in range(rows):
             pos[t] = sg[t // seg_rows, SEG_POS] + t % seg_rows
+        # 2D rotary (prefix-LM): token t of a sequence with context C and mask index M is at (t, 0)
+        # within the context, (M, t - C + 1) after it; rotary features of the second half take the latter
+        cdef cnp.ndarray rpos = positions
+        cdef cnp.ndarray bpos = np.zeros(rows, np.int64)
+        cdef int64_t *rp
+        cdef int64_t *bk = <int64_t *> cnp.PyArray_DATA(bpos)
+        cdef int64_t quarter = half // 2 if self.prefix_tokens else half
+        cdef cnp.ndarray contexts = np.zeros(nseg, np.int64)
+        cdef int64_t *ctx_of = <int64_t *> cnp.PyArray_DATA(contexts)
+        cdef int64_t n_pre
+        if self.prefix_tokens:
+            rpos = positions.copy()
+            rp = <int64_t *> cnp.PyArray_DATA(rpos)
+            for s in range(nseg):
+                ctx_of[s], mark = (<KVCache> caches[s]).prefix
+                for t in range(s * seg_rows, (s + 1) * seg_rows):
+                    if pos[t] >= ctx_of[s]:
+                        rp[t], bk[t] = mark, pos[t] - ctx_of[s] + 1
+        rp = <int64_t *> cnp.PyArray_DATA(rpos)
         self.embedder.rows(toks, pos, x, h, aq, ad, asum,
                            None if self.want == NULL else functools.partial(self._fire_embedding, nseg, seg_rows))
         with nogil:
             for t in range(rows):
                 for i in range(half):
-                    theta = <float> pos[t] * inv_freq[(t // seg_rows) * fstride + i]
+                    theta = <float> (rp[t] if i < quarter else bk[t]) * inv_freq[(t // seg_rows) * fstride + i]
                     cs[t * half + i] = <float> cos(theta)
                     sn[t * half + i] = <float> sin(theta)
         if want_hidden:
@@ -505,6 +562,7 @@ cdef class Engine:
                     a.out_stride = att_n
                     a.n_tok = seg_rows
                     a.pos0 = sg[s, SEG_LAST]
+                    n_pre = 0 if not self.prefix_tokens else min(max(ctx_of[s] - sg[s, SEG_POS], 0), seg_rows)
                     a.n_head = <int> nh
                     a.n_kv_head = <int> nkv
                     a.head_dim = <int> hd
@@ -516,7 +574,19 @@ cdef class Engine:
                     a.window = windows[l] if sg[s, SEG_WINDOWED] else 0
                     a.scale = self.attn_scale
                     a.alibi_slopes = slopes
-                    K.attention(&a)
+                    if n_pre > 0:
+                        # context rows see the whole context: one query at a time, each as if it were
+                        # the context's last (only the key range depends on it)
+                        a.n_tok = 1
+                        for t in range(n_pre):
+                            a.pos0 = sg[s, SEG_LAST] + ctx_of[s] - 1 - sg[s, SEG_POS]
+                            K.attention(&a)
+                            a.q = a.q + qkv_n
+                            a.out = a.out + att_n
+                        a.n_tok = seg_rows - n_pre
+                        a.pos0 = sg[s, SEG_LAST] + n_pre
+                    if a.n_tok > 0:
+                        K.attention(&a)
                 if self._wants(l, P_SCORES) or self._wants(l, P_PATTERN):
                     with gil:
                         self._attention_pattern(caches, l, sg, nseg, seg_rows)
@@ -524,7 +594,7 @@ cdef class Engine:
                     with gil:
                         self._fire_block(l, P_Z, nseg, seg_rows, mi_n, ff)
                 lay.attn_out.apply(att, att_n, rows, o, H, aq, ad, asum)
-                if tp and self.residual == RES_SEQUENTIAL:
+                if tp and (self.residual == RES_SEQUENTIAL or self.residual == RES_DEEPNORM):
                     with gil:
                         self._reduce(self.o, rows)
                 if self._wants(l, P_ATTN_OUT):
@@ -542,6 +612,21 @@ cdef class Engine:
                         with gil:
                             self._reduce(self.m, rows)
                     add_norm_rows(&self.rs, x, m, NULL, x, mnw, mnb, rows)
+                elif self.residual == RES_DEEPNORM:
+                    # x = alpha * norm1(x) + o; h2 = norm2(x); x = alpha * h2 + mlp(h2)
+                    scaled_copy_rows(&self.rs, x, h, self.res_alpha, rows)
+                    add_norm_rows(&self.rs, x, o, NULL, h2, mnw, mnb, rows)
+                    if self._wants(l, P_RESID_MID) or self._wants(l, P_LN2):
+                        with gil:
+                            for p in (P_RESID_MID, P_LN2):
+                                if self._wants(l, p):
+                                    self._fire_block(l, p, nseg, seg_rows, mi_n, ff)
+                    self._mlp(lay, l, h2, nseg, seg_rows, mi, mi_n, act, ff, m, aq, ad, asum)
+                    if tp:
+                        with gil:
+                            self._reduce(self.m, rows)
+                    scaled_copy_rows(&self.rs, x, h2, self.res_alpha, rows)
+                    add_norm_rows(&self.rs, x, m, NULL, NULL, NULL, NULL, rows)
                 elif self.residual == RES_SEQUENTIAL:
                     # x += o; h2 = norm(x)
                     if self._wants(l, P_RESID_MID) or self._wants(l, P_LN2):
@@ -649,6 +734,9 @@ cdef class Engine:
             if self.alibi is not None:
                 sc += self.alibi[:, None, None] * (slot - query).astype(np.float32)[None]
             masked = (slot > query) | (slot < sg[s, SEG_BEGIN])
+            if self.prefix_tokens:
+                context = c.prefix[0]               # the context attends both ways
+                masked &= ~((slot < context) & (query < context))
             if self.windows[l] > 0 and sg[s, SEG_WINDOWED]:
                 masked |= slot < query - self.windows[l] + 1
             sc[:, masked] = -np.inf

@@ -24,6 +24,9 @@ cdef class KVCache:
     # rotary inverse frequencies this sequence was rotated with, when they are its own (Qwen's dynamic
     # NTK fixes them at a long prefill); None: the model's
     cdef public object rope_inv_freq
+    # a prefix-LM sequence's (context length, mask position), fixed by its first forward (ChatGLM-6B:
+    # the index of its first <sop> and of its [gMASK] / [MASK]); None otherwise
+    cdef public object prefix
 
     cdef int64_t _slot(self, int64_t i) noexcept
 

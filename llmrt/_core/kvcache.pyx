@@ -49,6 +49,7 @@ cdef class KVCache:
         self.sinks = None
         self.sinks_base = 0
         self.rope_inv_freq = None
+        self.prefix = None
 
     cdef int64_t _slot(self, int64_t i) noexcept:
         if self.ring_head == 0 or i < self.ring_keep:
@@ -78,6 +79,7 @@ cdef class KVCache:
         self.n_past = n
         if n == 0:
             self.rope_inv_freq = None
+            self.prefix = None
         if n < self.ring_keep:
             self.ring_keep = 0
             self.sinks = None
@@ -97,6 +99,7 @@ cdef class KVCache:
         self.sinks = None if other.sinks is None else other.sinks.copy()
         self.sinks_base = other.sinks_base
         self.rope_inv_freq = other.rope_inv_freq
+        self.prefix = other.prefix
 
     def resized(self, int64_t ctx):
         """A new cache of capacity ctx holding the same tokens (a cache grows as a sequence does)."""
@@ -112,6 +115,7 @@ cdef class KVCache:
         out.sinks = None if self.sinks is None else self.sinks.copy()
         out.sinks_base = self.sinks_base
         out.rope_inv_freq = self.rope_inv_freq
+        out.prefix = self.prefix
         return out
 
 

@@ -27,6 +27,8 @@ cdef void norm_rows(const RowSpec *s, const float *x, float *out, const float *w
                     int64_t rows) noexcept nogil
 cdef void add_norm_rows(const RowSpec *s, float *x, const float *a, const float *b2, float *out, const float *w,
                         const float *b, int64_t rows) noexcept nogil
+cdef void scaled_copy_rows(const RowSpec *s, float *dst, const float *src, float alpha,
+                           int64_t rows) noexcept nogil
 cdef void rope_store_rows(const RowSpec *s, float *qkv, int64_t rows, int64_t seg_rows, int64_t[:, ::1] sg,
                           size_t[:, ::1] bp, const float *cs, const float *sn, int64_t l, bint kv16,
                           int what) noexcept nogil

@@ -43,6 +43,14 @@ cdef inline void _add_norm_row(const RowSpec *s, float *x, const float *a, const
         norm_row(s, xr, out + t * H, w, b)
 
 
+cdef void scaled_copy_rows(const RowSpec *s, float *dst, const float *src, float alpha,
+                           int64_t rows) noexcept nogil:
+    """dst = alpha * src over rows of the hidden width (the deepnorm residual's scaled input)."""
+    cdef int64_t i, n = rows * s.hidden
+    for i in range(n):
+        dst[i] = alpha * src[i]
+
+
 cdef void add_norm_rows(const RowSpec *s, float *x, const float *a, const float *b2, float *out, const float *w,
                         const float *b, int64_t rows) noexcept nogil:
     cdef int64_t t

@@ -32,8 +32,9 @@ cdef class KeyShifter:
     def can_shift_keys(self):
         """Whether cached keys can be moved to other positions: by rotation (rotary), or as they
         are (ALiBi takes its bias from slot distance, so moving a key is shifting it).  Learned
-        positions are part of the cached keys themselves: re-evaluate instead."""
-        return self.positions != "learned"
+        positions are part of the cached keys themselves: re-evaluate instead.  GLM's 2D positions
+        (counted from the prompt's context) cannot move at all."""
+        return self.positions not in ("learned", "rotary_2d")
 
     def ring_fits(self, int64_t ctx):
         """A wrapped ring is attended as one unordered set, so a sliding window must cover it, and
@@ -76,8 +77,8 @@ cdef class KeyShifter:
 
     cdef void _check_shift(self, KVCache cache, int64_t n_keep) except *:
         if not self.can_shift_keys:
-            raise ValueError("this model's positions are learned: its cached keys cannot be shifted "
-                             "(use re-evaluation, shift_roped_k=False)")
+            raise ValueError(f"this model's positions ({self.positions}) are part of its cached keys, which "
+                             f"cannot be shifted (use re-evaluation, shift_roped_k=False, where the model allows it)")
         if cache.rope_inv_freq is not None:
             raise ValueError("this sequence's keys were rotated at the raised rotary base of a long prefill "
                              "(dynamic NTK), which the shifts do not re-rotate: use re-evaluation "

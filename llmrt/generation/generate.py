@@ -128,7 +128,8 @@ def _sequences(model: Any, opts: GenerationOptions, rows: list[np.ndarray], max_
         return Sequence(model.engine, model.memory_dtype, p, capacity=need)
 
     if interactive:
-        seq, feed = session.begin([int(t) for t in rows[0]], policy, new_sequence, whole_conversation)
+        seq, feed = session.begin([int(t) for t in rows[0]], policy, new_sequence, whole_conversation,
+                                  reusable=not model.engine.spec.prefix_tokens)
         starts, feeds = [seq], [feed]
     else:
         if session is not None:
@@ -153,6 +154,10 @@ def _policy(model: Any, opts: GenerationOptions, longest: int, max_new: int, int
         ctx = int(model.config.max_position_embeddings)
     else:
         ctx = longest + max(max_new, 1)     # room for one token even when none is asked for
+    if opts.streaming and model.engine.spec.prefix_tokens:
+        raise ValueError("this model (ChatGLM-6B) counts its 2D positions from the prompt's context, which "
+                         "StreamingLLM would drop or move: n_keep / n_discard / shift_roped_k are not available; "
+                         "raise ctx_size instead")
     if opts.shift_roped_k and not model.engine.shifts.can_shift_keys:
         raise ValueError("shift_roped_k moves cached keys to new positions, which this model's learned "
                          "positions do not allow; use re-evaluation (n_keep / n_discard) instead")

@@ -24,11 +24,16 @@ class Session:
         self.seq, self.history, self.pending = None, [], []
 
     def begin(self, ids: list[int], policy: ContextPolicy, new_sequence: Callable[[ContextPolicy], Sequence],
-              whole_conversation: bool) -> tuple[Sequence, list[int]]:
+              whole_conversation: bool, reusable: bool = True) -> tuple[Sequence, list[int]]:
         """The session's sequence for a turn whose input is `ids`, and the tokens to feed it.
         whole_conversation: the input is the full conversation (chat), so a divergence from the
-        history rewinds the cache to the common prefix instead of appending."""
+        history rewinds the cache to the common prefix instead of appending.  reusable=False (a
+        prefix-LM, whose context attends both ways: a new turn changes every cached token) runs the
+        whole conversation again in a new cache each turn."""
         seq = self.seq
+        if seq is not None and not reusable:
+            repeats = whole_conversation or ids[:len(self.history)] == self.history
+            ids, seq = (list(ids) if repeats else self.history + list(ids)), None
         if seq is None:
             self.seq, self.history, self.pending = new_sequence(policy), list(ids), []
             return self.seq, list(ids)

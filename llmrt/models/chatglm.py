@@ -6,7 +6,8 @@ Read from the checkpoint's own config.json and tensor names (no remote code runs
   multi_query_attention (multi_query_group_num KV heads), else per head [q_h, k_h, v_h];
 - rotary on the first kv_channels / 2 features of each head in pairs (2i, 2i+1), base 10000 x rope_ratio;
 - dense_h_to_4h = [gate; up] with SiLU, dense_4h_to_h, no biases (add_bias_linear); untied output_layer.
-ChatGLM-6B (v1) shares the model_type but is another architecture; it is refused, not run wrongly."""
+ChatGLM-6B (v1) shares the model_type but is another architecture: its config (position_encoding_2d,
+inner_hidden_size) sends it to chatglm_v1.py."""
 from __future__ import annotations
 
 from typing import Iterable, Iterator, Mapping
@@ -15,6 +16,7 @@ import numpy as np
 
 from llmrt.config import ModelConfig
 from llmrt.errors import ConfigError, UnsupportedError
+from llmrt.models import chatglm_v1
 from llmrt.models.base import (GGUF_MODEL_NAMES, Family, Tensors, field_bool, field_float, field_int, field_size,
                                gguf_arch, gguf_norm_eps, gguf_rope_scaling, gguf_shape_fields, heads_to_blocks,
                                hf_shared_fields, refuse_flags, register, rename_tensors, weight_and_bias)
@@ -41,24 +43,8 @@ _GGUF_LAYER_NAMES = {
     "ffn_norm.weight": "mlp_norm.weight", "ffn_up.weight": "mlp_in.weight", "ffn_down.weight": "mlp_out.weight",
 }
 
-# what only ChatGLM-6B (v1)'s config has
-_V1_FIELDS = ("position_encoding_2d", "inner_hidden_size")
-
-
-def _refuse_v1(hf: Mapping) -> None:
-    found = [f for f in _V1_FIELDS if f in hf]
-    if found or not any(f in hf for f in ("multi_query_group_num", "padded_vocab_size", "kv_channels")):
-        why = (f"it has {', '.join(found)}" if found else
-               "it has none of multi_query_group_num, padded_vocab_size, kv_channels")
-        raise UnsupportedError(
-            f"this chatglm config is ChatGLM-6B v1 ({why}), a different architecture under the same model_type: "
-            "LayerNorm with a DeepNorm residual (x * sqrt(2 x num_layers) + f(x)), 2D rotary positions (token "
-            "and block positions, each on half of a head) and a prefix-LM mask (the prompt up to [gMASK] "
-            "attends both ways). llmrt's engine has neither 2D rotary nor the prefix-LM mask yet, so v1 cannot "
-            "run; ChatGLM2-6B and ChatGLM3-6B (and their GGUF files) are supported")
-
-
-def _refuse_variants(hf: Mapping, family: str) -> None:
+def _refuse_thudm_variants(hf: Mapping) -> None:
+    """THUDM's packed quantized weights and P-tuning prefixes, in either version."""
     if field_int(hf, "quantization_bit", default=0, min_value=0):
         raise UnsupportedError("chatglm checkpoints with quantization_bit set hold THUDM's own packed int4 / int8 "
                                "weights, which llmrt does not read; load the fp16 checkpoint (llmrt quantizes "
@@ -66,6 +52,9 @@ def _refuse_variants(hf: Mapping, family: str) -> None:
     if hf.get("pre_seq_len") is not None:
         raise UnsupportedError("chatglm with pre_seq_len (a P-tuning v2 prefix encoder: learned keys and values "
                                "before every prompt) is not supported")
+
+
+def _refuse_variants(hf: Mapping, family: str) -> None:
     # rmsnorm=False: LayerNorm; the others change the residual stream or add biases llmrt does not map.
     # Accepted as no-ops: apply_query_key_layer_scaling (divides then multiplies the scores by the layer
     # number), attention_softmax_in_fp32 / fp32_residual_connection (fp16 details), original_rope (unused)
@@ -81,7 +70,9 @@ class ChatGLM(Family):
 
     @classmethod
     def hf_to_config(cls, hf: Mapping) -> ModelConfig:
-        _refuse_v1(hf)
+        _refuse_thudm_variants(hf)
+        if chatglm_v1.is_v1(hf):
+            return chatglm_v1.hf_to_config(hf, cls.name)
         _refuse_variants(hf, cls.name)
         n_head = field_size(hf, "num_attention_heads")
         # THUDM's ChatGLMConfig defaults where a field is absent
@@ -120,6 +111,9 @@ class ChatGLM(Family):
 
     @classmethod
     def map_hf_tensors(cls, cfg: ModelConfig, tensors: Tensors) -> Tensors:
+        if cfg.extra.get("variant") == "v1":
+            yield from chatglm_v1.map_hf_tensors(cls.name, cfg, _strip_prefixes(tensors))
+            return
         per_head = cfg.extra.get("qkv_layout") == "heads"
 
         def convert(internal: str, arr: np.ndarray) -> np.ndarray:
