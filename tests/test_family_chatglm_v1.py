@@ -243,3 +243,21 @@ def test_save_and_load_keep_the_variant(glm1, tmp_path):
     ids = np.array([_prompt(8)])
     again = AutoModelForCausalLM.from_pretrained(model.save(tmp_path / "m.llmrt"))
     np.testing.assert_array_equal(again(ids).logits, model(ids).logits)
+
+
+def test_hooks_see_the_prefix_lm_pattern_and_change_nothing(glm1):
+    """Attention patterns built for hooks follow the prefix-LM mask; hooking every point (no edits) leaves
+    the logits bit-identical."""
+    path, _, _ = glm1("glm6b-4heads-tied")
+    model = _load(path)
+    ids = np.array([_prompt(7) + [20, 21]])
+    context = ids[0].tolist().index(SOP)
+    logits, cache = model.run_with_cache(ids)
+    np.testing.assert_array_equal(logits, model(ids).logits)
+    pattern = cache["blocks.1.attn.hook_pattern"][0]                  # (head, query, key)
+    assert (pattern[:, :context, :context] > 0).all()                  # the context attends both ways
+    for q in range(context, ids.shape[1]):                             # later tokens causally
+        assert (pattern[:, q, q + 1:] == 0).all() and (pattern[:, q, :q + 1] > 0).all()
+    np.testing.assert_allclose(pattern.sum(-1), 1.0, rtol=1e-5)
+    z = np.einsum("hqk,khd->qhd", pattern, cache["blocks.1.attn.hook_v"][0])
+    np.testing.assert_allclose(z, cache["blocks.1.attn.hook_z"][0], rtol=1e-4, atol=1e-5)

@@ -117,6 +117,13 @@ def _families_two(tmp: Path) -> dict[str, Path]:
     cfg = qwen_config(**QWEN["qwen-6heads-biases"])
     (tmp / "qwen").mkdir()
     dirs["qwen-6heads-biases"] = write_qwen(tmp / "qwen", cfg, qwen_tensors(cfg))
+    from safetensors.numpy import save_file
+    from test_family_chatglm_v1 import BASE as GLM1, CONFIGS as GLM1_CONFIGS, _weights
+    glm1 = {**GLM1, **GLM1_CONFIGS["glm6b-4heads-tied"]}
+    (tmp / "glm6b").mkdir()
+    save_file(_weights(glm1, seed=2), str(tmp / "glm6b" / "model.safetensors"))
+    (tmp / "glm6b" / "config.json").write_text(json.dumps(glm1))
+    dirs["glm6b-4heads-tied"] = tmp / "glm6b"
     return dirs
 
 
@@ -132,8 +139,8 @@ def tp_families_two(tmp_path_factory):
 
 
 @pytest.mark.parametrize("quant", ["fp32", "int4"])
-@pytest.mark.parametrize("name", ["glm2-groups2", "glm-mha-nobias", "baichuan-13b-6heads", "baichuan2-7b-normhead",
-                                  "qwen-6heads-biases"])
+@pytest.mark.parametrize("name", ["glm2-groups2", "glm-mha-nobias", "glm6b-4heads-tied", "baichuan-13b-6heads",
+                                  "baichuan2-7b-normhead", "qwen-6heads-biases"])
 def test_families_two_split_like_the_runner(tp_families_two, name, quant):
     dirs, runs = tp_families_two
     got = runs[(name, quant)]

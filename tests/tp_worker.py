@@ -38,22 +38,32 @@ class TokenLog:
         pass
 
 
+def prompt_ids(model, n: int, rng) -> np.ndarray:
+    """(1, n) random ids; a prefix-LM's (ChatGLM-6B) end with the [gMASK] <sop> its tokenizer adds."""
+    prefix = model.engine.spec.prefix_tokens
+    if not prefix:
+        return rng.integers(3, model.config.vocab_size, size=(1, n))
+    body = rng.integers(3, min(prefix), size=n - 2)
+    return np.concatenate([body, [prefix[2], prefix[0]]])[None]
+
+
 def exercise(model, kind: str) -> dict[str, np.ndarray]:
     """What the tests compare between a whole model and its tensor-parallel ranks: logits and greedy
     tokens always; with kind "full" every generation feature."""
-    vocab = model.config.vocab_size
     rng = np.random.default_rng(1)
-    ids = rng.integers(3, vocab, size=(1, 24))
+    prefix_lm = bool(model.engine.spec.prefix_tokens)
+    ids = prompt_ids(model, 24, rng)
+    start = prompt_ids(model, 5, rng)
     out = {"logits": model(ids).logits,
-           "greedy": model.generate(ids[:, :5], max_new_tokens=32, eos_token_id=None)}
+           "greedy": model.generate(start, max_new_tokens=32, eos_token_id=None)}
     if kind != "full":
         return out
-    short = ids[:, :6]
+    short = prompt_ids(model, 6, rng)
     out["sample"] = model.generate(short, max_new_tokens=16, do_sample=True, temperature=0.9, top_k=20, top_p=0.9,
                                    seed=7, eos_token_id=None)
     out["beam"] = model.generate(short, max_new_tokens=10, num_beams=3, num_return_sequences=2,
                                  eos_token_id=None)
-    batch = np.stack([ids[0, :8], np.concatenate([[0, 0, 0], ids[0, 8:13]])])
+    batch = np.stack([prompt_ids(model, 8, rng)[0], np.concatenate([[0, 0, 0], prompt_ids(model, 5, rng)[0]])])
     mask = np.array([[1] * 8, [0, 0, 0] + [1] * 5])
     out["batch"] = model.generate(batch, attention_mask=mask, max_new_tokens=12, eos_token_id=None, pad_token_id=0)
     out["penalty"] = model.generate(short, max_new_tokens=12, repetition_penalty=1.3, no_repeat_ngram_size=2,
@@ -66,18 +76,20 @@ def exercise(model, kind: str) -> dict[str, np.ndarray]:
                                     stopping_criteria=[stops_on_rank_zero_at(short.shape[1] + 7)])
     # a stop token that greedy decoding meets ends the row early
     stop_at = int(out["greedy"][0, 9])
-    out["eos"] = model.generate(ids[:, :5], max_new_tokens=32, eos_token_id=stop_at, pad_token_id=0)
+    out["eos"] = model.generate(start, max_new_tokens=32, eos_token_id=stop_at, pad_token_id=0)
     # two turns of one conversation: the second runs only its new tokens
     first = model.generate(short, max_new_tokens=6, interactive=True, eos_token_id=None)
     second = model.generate(ids[:, 6:10], max_new_tokens=6, interactive=True, eos_token_id=None)
     model.reset_conversation()
     out["chat"] = np.concatenate([first, second], axis=1)
+    out["hidden_last"] = model(ids, output_hidden_states=True).hidden_states[-1]
+    if prefix_lm:                       # 2D positions counted from the context: no StreamingLLM
+        return out
     # StreamingLLM past a 16-token context: re-evaluation, and the ring where positions allow it
     out["streaming"] = model.generate(short, max_new_tokens=30, ctx_size=16, n_keep=4, eos_token_id=None)
     if model.engine.shifts.can_shift_keys:
         out["ring"] = model.generate(short, max_new_tokens=30, ctx_size=16, n_keep=4, shift_roped_k=True,
                                      eos_token_id=None)
-    out["hidden_last"] = model(ids[:, :9], output_hidden_states=True).hidden_states[-1]
     return out
 
 

@@ -318,9 +318,8 @@ cdef class Engine:
             raise ValueError(f"out must be a writeable C-contiguous float32 array of shape {shape}")
         cdef int64_t start = 0, rows = 0, chunk = self.max_chunk
         cdef bint whole = self.want != NULL
-        if self.prefix_tokens:
-            # the context attends both ways: all of it goes through the blocks in one chunk
-            whole = whole or self._start_prefix(cache, toks)
+        if self.prefix_tokens and self._start_prefix(cache, toks):
+            whole = True        # the context attends both ways: all of it goes through the blocks in one chunk
         if whole:
             chunk = n
             self._grow_scratch(n)
