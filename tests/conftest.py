@@ -163,6 +163,8 @@ def pytest_terminal_summary(terminalreporter):
         counts = _TIER_OUTCOMES.get(tier)
         if counts:
             detail = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+            if tier == "avx_vnni" and _ops.avx_vnni_encoding() == "evex":
+                detail += "; its code with EVEX-encoded vpdpbusd: this CPU has AVX512-VNNI, not AVX-VNNI"
             terminalreporter.write_line(f"tier {tier}: tested ({detail})")
         elif tier in supported:
             terminalreporter.write_line(f"tier {tier}: runnable here, but no test of this run selected it")

@@ -15,7 +15,7 @@ from cython.parallel cimport prange
 
 from llmrt._kernels.kernels cimport (
     LR_QK, LR_N_TIERS, LR_ACT_SILU, LR_ACT_GELU, LR_ACT_GELU_TANH, LR_ACT_RELU, lr_kernels, lr_qmat, lr_qact, lr_attn_args,
-    lr_tier_name, lr_tier_compiled, lr_tier_supported, lr_best_tier, lr_tier_kernels,
+    lr_tier_name, lr_tier_compiled, lr_tier_supported, lr_best_tier, lr_tier_kernels, lr_avx_vnni_encoding,
     lr_set_threads, lr_get_threads, lr_openmp_enabled, lr_f16_to_f32,
     lr_bf16_hw_available, lr_bf16_hw_enabled, lr_set_bf16_hw,
     lr_panels_nbytes, lr_panels_f16_exact, lr_pack_panels, lr_unpack_panels, lr_panel_row,
@@ -42,6 +42,12 @@ cdef const lr_kernels *active_kernels() noexcept nogil:
 def compiled_tiers():
     """Names of the ISA tiers built into this installation."""
     return [TIER_NAMES[t] for t in range(LR_N_TIERS) if lr_tier_compiled(t)]
+
+
+def avx_vnni_encoding():
+    """How the avx_vnni tier runs on this CPU: "vex" (AVX-VNNI), "evex" (the same code with EVEX-encoded
+    dot products, on a CPU with AVX512-VNNI but no AVX-VNNI), or "" (not at all)."""
+    return lr_avx_vnni_encoding().decode()
 
 
 def supported_tiers():

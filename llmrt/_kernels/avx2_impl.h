@@ -12,6 +12,20 @@
 #define LR_VNNI 0
 #endif
 
+#if LR_VNNI
+#if LR_VNNI_EVEX
+/* avx_vnni_evex.c: the avx_vnni tier's code for a CPU with AVX512-VNNI and AVX512-VL but no AVX-VNNI
+ * (AMD Zen 4): the same instruction, EVEX-encoded, limited to the 16 ymm registers the VEX code has,
+ * so everything else (register use, spills, scheduling) is the avx_vnni tier's own. */
+static inline __m256i lr_dpbusd256(__m256i acc, __m256i u, __m256i s) {
+    __asm__("%{evex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    return acc;
+}
+#else
+static inline __m256i lr_dpbusd256(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_avx_epi32(acc, u, s); }
+#endif
+#endif
+
 /* ---------------------------------------------------------------- vector helpers */
 typedef __m256 lr_vf;
 #define LR_VN 8
@@ -125,7 +139,7 @@ typedef struct {
 /* Two u8 x s8 operand pairs (int4 values: the int16 sums of maddubs cannot overflow). */
 static inline __m256i q4_dot2(__m256i u0, __m256i s0, __m256i u1, __m256i s1) {
 #if LR_VNNI
-    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u0, s0), u1, s1);
+    return lr_dpbusd256(lr_dpbusd256(_mm256_setzero_si256(), u0, s0), u1, s1);
 #else
     return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1)),
                              _mm256_set1_epi16(1));
@@ -235,7 +249,7 @@ LR_INLINE void i8_tile(const i8_ctx *c, int64_t r0, int64_t j0, const int R, con
                 xv[r] = _mm256_loadu_si256((const __m256i *)(xq[r] + b * LR_QK));
                 da[r] = _mm256_broadcast_ss(xd[r] + b);
 #if LR_VNNI
-                a0[r] = _mm256_sub_epi32(zero, _mm256_dpbusd_avx_epi32(zero, x80, xv[r]));
+                a0[r] = _mm256_sub_epi32(zero, lr_dpbusd256(zero, x80, xv[r]));
 #endif
             }
             LR_UNROLL for (int j = 0; j < J; j++) {
@@ -247,7 +261,7 @@ LR_INLINE void i8_tile(const i8_ctx *c, int64_t r0, int64_t j0, const int R, con
 #endif
                 LR_UNROLL for (int r = 0; r < R; r++) {
 #if LR_VNNI
-                    const __m256i p = _mm256_dpbusd_avx_epi32(a0[r], wu, xv[r]);
+                    const __m256i p = lr_dpbusd256(a0[r], wu, xv[r]);
 #else
                     const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, _mm256_sign_epi8(xv[r], wv)), ones);
 #endif

@@ -56,6 +56,10 @@ const char *lr_tier_name(int tier) {
     return (tier >= 0 && tier < LR_N_TIERS) ? tier_names[tier] : "unknown";
 }
 
+/* Set by detect(): the CPU has AVX512-VNNI + VL but no AVX-VNNI, so the avx_vnni tier runs its
+ * EVEX-encoded build (avx_vnni_evex.c). */
+static int avx_vnni_evex_only = 0;
+
 /* The table a tier unit defines, before any per-CPU substitution. */
 static const lr_kernels *unit_kernels(int tier) {
     switch (tier) {
@@ -67,7 +71,11 @@ static const lr_kernels *unit_kernels(int tier) {
     case LR_TIER_AVX512: return &lr_kernels_avx512;
 #endif
 #ifdef LR_HAVE_AVX_VNNI
-    case LR_TIER_AVX_VNNI: return &lr_kernels_avx_vnni;
+    case LR_TIER_AVX_VNNI:
+#ifdef LR_HAVE_AVX_VNNI_EVEX
+        if (avx_vnni_evex_only) return &lr_kernels_avx_vnni_evex;
+#endif
+        return &lr_kernels_avx_vnni;
 #endif
 #ifdef LR_HAVE_AVX512_VNNI
     case LR_TIER_AVX512_VNNI: return &lr_kernels_avx512_vnni;
@@ -144,7 +152,10 @@ static void detect(void) {
     cached_support[LR_TIER_REF] = 1;
     cached_support[LR_TIER_AVX2] = has_avx2;
     cached_support[LR_TIER_AVX512] = has_avx512;
-    cached_support[LR_TIER_AVX_VNNI] = has_avx2 && avxvnni;
+#ifdef LR_HAVE_AVX_VNNI_EVEX
+    avx_vnni_evex_only = !avxvnni && has_avx512 && avx512vnni;
+#endif
+    cached_support[LR_TIER_AVX_VNNI] = has_avx2 && (avxvnni || avx_vnni_evex_only);
     cached_support[LR_TIER_AVX512_VNNI] = has_avx512 && avx512vnni;
     cached_support[LR_TIER_AMX] = has_avx512 && avx512vnni && amx_tile && amx_int8 && os_amx && lr_request_amx();
     cpu_bf16 = has_avx512 && avx512bf16;
@@ -158,6 +169,11 @@ static void detect(void) {
     }
 #endif
     support_known = 1;
+}
+
+const char *lr_avx_vnni_encoding(void) {
+    if (!lr_tier_supported(LR_TIER_AVX_VNNI)) return "";
+    return avx_vnni_evex_only ? "evex" : "vex";
 }
 
 int lr_tier_supported(int tier) {

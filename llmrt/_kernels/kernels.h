@@ -203,6 +203,12 @@ extern const lr_kernels lr_kernels_avx512;
 #ifdef LR_HAVE_AVX_VNNI
 extern const lr_kernels lr_kernels_avx_vnni;
 #endif
+#ifdef LR_HAVE_AVX_VNNI_EVEX
+extern const lr_kernels lr_kernels_avx_vnni_evex;   /* the avx_vnni tier where only AVX512-VNNI exists */
+#endif
+/* How the avx_vnni tier's dot products are encoded on this CPU: "vex" (AVX-VNNI), "evex" (AVX512-VNNI
+ * + VL, no AVX-VNNI: avx_vnni_evex.c), or "" where the tier cannot run. */
+const char *lr_avx_vnni_encoding(void);
 #ifdef LR_HAVE_AVX512_VNNI
 extern const lr_kernels lr_kernels_avx512_vnni;
 #endif

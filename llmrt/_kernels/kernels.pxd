@@ -69,6 +69,7 @@ cdef extern from "kernels.h" nogil:
     int lr_tier_compiled(int tier)
     int lr_tier_supported(int tier)
     int lr_best_tier()
+    const char *lr_avx_vnni_encoding()
     const lr_kernels *lr_tier_kernels(int tier)
     enum: LR_PANEL
     size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int f16)

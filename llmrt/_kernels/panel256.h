@@ -84,8 +84,8 @@ LR_INLINE pn_a4 pn_a4_init(pn_vi init) {
     return a;
 }
 LR_INLINE pn_a4 pn_a4_step(pn_a4 a, pn_w4 w, pn_vi xl, pn_vi xh) {
-    a.l = _mm256_dpbusd_avx_epi32(a.l, w.lo, xl);
-    a.h = _mm256_dpbusd_avx_epi32(a.h, w.hi, xh);
+    a.l = lr_dpbusd256(a.l, w.lo, xl);
+    a.h = lr_dpbusd256(a.h, w.hi, xh);
     return a;
 }
 LR_INLINE pn_vi pn_a4_end(pn_a4 a, pn_vi init) {
@@ -98,8 +98,8 @@ LR_INLINE pn_a8 pn_a8_init(pn_vi init) {
     return a;
 }
 LR_INLINE pn_a8 pn_a8_step(pn_a8 a, pn_w8 w, pn_vi x, const int odd) {
-    if (odd) a.i1 = _mm256_dpbusd_avx_epi32(a.i1, w, x);
-    else a.i0 = _mm256_dpbusd_avx_epi32(a.i0, w, x);
+    if (odd) a.i1 = lr_dpbusd256(a.i1, w, x);
+    else a.i0 = lr_dpbusd256(a.i0, w, x);
     return a;
 }
 LR_INLINE pn_vi pn_a8_end(pn_a8 a, pn_vi init) {
