@@ -102,5 +102,19 @@ def isa_report() -> dict:
     }
 
 
+def apply_panel_prefetch_env() -> None:
+    """LLMRT_PANEL_PREFETCH (bytes, a multiple of 64 up to 65536): decode's prefetch distance instead of the
+    one chosen for this CPU (for tuning on a CPU llmrt has not been measured on)."""
+    env = os.environ.get("LLMRT_PANEL_PREFETCH", "").strip()
+    if not env:
+        return
+    try:
+        _ops.set_panel_prefetch(int(env))
+    except ValueError:
+        raise InvalidArgumentError(f"LLMRT_PANEL_PREFETCH={env!r}: give a multiple of 64 from 0 to 65536 (bytes), "
+                                   f"or unset it for this CPU's default ({_ops.panel_prefetch()})") from None
+
+
 # kernels start with the default thread count rather than OpenMP's "all logical CPUs"
 _ops.set_num_threads(default_threads())
+apply_panel_prefetch_env()

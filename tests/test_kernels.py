@@ -463,3 +463,26 @@ def test_set_isa_rejects_unknown_tier():
 def test_tier_listing():
     assert "ref" in TIERS and set(TIERS) <= set(_ops.compiled_tiers())
     assert _ops.best_tier() in TIERS
+
+
+@pytest.mark.parametrize("tier", sorted(PANEL_TIERS & set(TIERS)))
+def test_decode_prefetch_distance_changes_no_result(use_tier, tier):
+    """The decode tiles' prefetch distance (chosen per CPU, LLMRT_PANEL_PREFETCH) is a hint only: any allowed
+    distance gives bit-identical outputs; distances that are not whole cache lines in 0..65536 are refused."""
+    use_tier(tier)
+    before = _ops.panel_prefetch()
+    qs, d, m, x = qcase(2048, 96, 32, 2, 4, False)
+    lin = _ops.Linear.quantized(qs, d, m, 4, 32, compute="int8")
+    try:
+        outs = []
+        for nbytes in (0, 64, 1024, 4096, 65536):
+            _ops.set_panel_prefetch(nbytes)
+            assert _ops.panel_prefetch() == nbytes
+            outs.append(lin(x[:1]))
+        for y in outs[1:]:
+            np.testing.assert_array_equal(y, outs[0])
+        for bad in (-64, 100, 65536 + 64):
+            with pytest.raises(ValueError, match="multiple of 64"):
+                _ops.set_panel_prefetch(bad)
+    finally:
+        _ops.set_panel_prefetch(before)

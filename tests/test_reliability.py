@@ -73,6 +73,17 @@ def test_thread_count_from_the_environment(value):
     assert "InvalidArgumentError" in r.stderr and f"LLMRT_NUM_THREADS={value!r}" in r.stderr
 
 
+@pytest.mark.parametrize("value,ok", [("512", True), ("0", True), ("100", False), ("-64", False), ("lots", False)])
+def test_panel_prefetch_from_the_environment(value, ok):
+    env = dict(os.environ, LLMRT_PANEL_PREFETCH=value)
+    r = subprocess.run([sys.executable, "-c", "import llmrt; from llmrt._kernels import _ops; print(_ops.panel_prefetch())"],
+                       env=env, capture_output=True, text=True, cwd="/", timeout=120)
+    if ok:
+        assert r.returncode == 0 and r.stdout.strip() == value, r.stderr[-2000:]
+    else:
+        assert r.returncode == 1 and "InvalidArgumentError" in r.stderr and "LLMRT_PANEL_PREFETCH" in r.stderr
+
+
 # ------------------------------------------------------------------ class 4: threads sharing a model
 def test_concurrent_calls_on_one_model_give_the_sequential_results(model):
     prompts = [[[3 + i, 7, 11 + 2 * i, 5]] for i in range(4)]

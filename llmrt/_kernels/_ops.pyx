@@ -16,7 +16,7 @@ from cython.parallel cimport prange
 from llmrt._kernels.kernels cimport (
     LR_QK, LR_N_TIERS, LR_ACT_SILU, LR_ACT_GELU, LR_ACT_GELU_TANH, LR_ACT_RELU, lr_kernels, lr_qmat, lr_qact, lr_attn_args,
     lr_tier_name, lr_tier_compiled, lr_tier_supported, lr_best_tier, lr_tier_kernels, lr_avx_vnni_encoding,
-    lr_set_threads, lr_get_threads, lr_openmp_enabled, lr_f16_to_f32,
+    lr_set_threads, lr_panel_prefetch, LR_PANEL_PREFETCH_MAX, lr_get_threads, lr_openmp_enabled, lr_f16_to_f32,
     lr_bf16_hw_available, lr_bf16_hw_enabled, lr_set_bf16_hw,
     lr_panels_nbytes, lr_panels_f16_exact, lr_pack_panels, lr_unpack_panels, lr_panel_row,
 )
@@ -42,6 +42,22 @@ cdef const lr_kernels *active_kernels() noexcept nogil:
 def compiled_tiers():
     """Names of the ISA tiers built into this installation."""
     return [TIER_NAMES[t] for t in range(LR_N_TIERS) if lr_tier_compiled(t)]
+
+
+def panel_prefetch():
+    """Bytes ahead that decode tiles prefetch into L2 (chosen for this CPU at import)."""
+    lr_tier_supported(0)            # runs the CPU detection that sets it
+    return lr_panel_prefetch
+
+
+def set_panel_prefetch(int64_t nbytes):
+    """Change the decode prefetch distance (a multiple of 64 from 0 to 65536; for tuning on a new CPU)."""
+    global lr_panel_prefetch
+    if nbytes < 0 or nbytes > LR_PANEL_PREFETCH_MAX or nbytes % 64:
+        raise ValueError(f"the panel prefetch distance must be a multiple of 64 from 0 to {LR_PANEL_PREFETCH_MAX}, "
+                         f"got {nbytes}")
+    lr_tier_supported(0)
+    lr_panel_prefetch = nbytes
 
 
 def avx_vnni_encoding():

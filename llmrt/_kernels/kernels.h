@@ -189,6 +189,10 @@ void lr_qgemm_bf16_avx512bf16(const lr_qmat *w, const float *x, int64_t ldx, int
 
 /* OpenMP thread count used by every kernel (no-ops in a build without OpenMP). */
 void lr_set_threads(int n);
+/* Bytes ahead of the current block that decode tiles prefetch into L2 (set from the CPU at detection,
+ * LR_PANEL_PREFETCH_MAX at most; runtime.py applies LLMRT_PANEL_PREFETCH). */
+extern int64_t lr_panel_prefetch;
+#define LR_PANEL_PREFETCH_MAX (1 << 16)
 int lr_get_threads(void);
 int lr_openmp_enabled(void);
 

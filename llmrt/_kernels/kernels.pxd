@@ -81,6 +81,8 @@ cdef extern from "kernels.h" nogil:
     int lr_bf16_hw_enabled()
     void lr_set_bf16_hw(int enable)
     void lr_set_threads(int n)
+    int64_t lr_panel_prefetch
+    enum: LR_PANEL_PREFETCH_MAX
     int lr_get_threads()
     int lr_openmp_enabled()
 

@@ -37,16 +37,12 @@
 #define PN_RMAX PN_MAX2(PN_RD, PN_MAX2(PN_RB(4), PN_RB(8)))
 #define PN_SMAX PN_SLOTS
 #define PN_SLOT_BYTES (PN_LANES * 4)
-/* Bytes ahead of the current block prefetched into L2: decode streams each panel once, and the
- * hardware prefetchers alone leave part of the memory bandwidth unused (measured on the 1.1B
- * model with 512-bit VNNI: +8% decode with 4 KiB into L2; into L1 less, non-temporal much worse). */
+/* Decode tiles prefetch lr_panel_prefetch bytes ahead of the current block into L2 (dispatch.c picks
+ * it per CPU): decode streams each panel once. */
 /* Bytes of a panel read by all row tiles before the next chunk (prefill): within L1 beside the tiles'
  * activation rows. */
 #ifndef PN_KCHUNK
 #define PN_KCHUNK 16384
-#endif
-#ifndef PN_PREFETCH
-#define PN_PREFETCH 4096
 #endif
 
 #ifndef PN_PACK_ACT
@@ -113,7 +109,7 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
             const uint8_t *blk = gp + bi * bb;
             if (!PACKED)   /* packed tiles (prefill) read each panel chunk from L1 many times */
                 for (int v = 0; v < (BITS == 4 ? 4 : 8); v++)
-                    _mm_prefetch((const char *)(blk + PN_PREFETCH + 64 * v), _MM_HINT_T1);
+                    _mm_prefetch((const char *)(blk + lr_panel_prefetch + 64 * v), _MM_HINT_T1);
             const int8_t *xo[PN_RMAX];
             const int8_t *pqb = PACKED ? c->pq + (b * prow + r0) * LR_QK : NULL;
             const float *pdb = PACKED ? c->pd + b * prow + r0 : NULL;
