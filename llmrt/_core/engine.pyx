@@ -483,24 +483,23 @@ cdef class Engine:
         for t in range(rows):
             pos[t] = sg[t // seg_rows, SEG_POS] + t % seg_rows
         # 2D rotary (prefix-LM): token t of a sequence with context C and mask index M is at (t, 0)
-        # within the context, (M, t - C + 1) after it; rotary features of the second half take the latter
-        cdef cnp.ndarray rpos = positions
-        cdef cnp.ndarray bpos = np.zeros(rows, np.int64)
-        cdef int64_t *rp
-        cdef int64_t *bk = <int64_t *> cnp.PyArray_DATA(bpos)
-        cdef int64_t quarter = half // 2 if self.prefix_tokens else half
-        cdef cnp.ndarray contexts = np.zeros(nseg, np.int64)
-        cdef int64_t *ctx_of = <int64_t *> cnp.PyArray_DATA(contexts)
-        cdef int64_t n_pre
+        # within the context, (M, t - C + 1) after it; rotary features of the second half take the latter.
+        # Other models turn every feature at pos (rp = bk = pos, quarter = half) and allocate nothing here.
+        cdef int64_t *rp = pos
+        cdef int64_t *bk = pos
+        cdef int64_t quarter = half
+        cdef int64_t *ctx_of = NULL
+        cdef int64_t n_pre = 0
+        cdef cnp.ndarray rpos, bpos, contexts
         if self.prefix_tokens:
-            rpos = positions.copy()
-            rp = <int64_t *> cnp.PyArray_DATA(rpos)
+            rpos, bpos, contexts = positions.copy(), np.zeros(rows, np.int64), np.zeros(nseg, np.int64)
+            rp, bk = <int64_t *> cnp.PyArray_DATA(rpos), <int64_t *> cnp.PyArray_DATA(bpos)
+            ctx_of, quarter = <int64_t *> cnp.PyArray_DATA(contexts), half // 2
             for s in range(nseg):
                 ctx_of[s], mark = (<KVCache> caches[s]).prefix
                 for t in range(s * seg_rows, (s + 1) * seg_rows):
                     if pos[t] >= ctx_of[s]:
                         rp[t], bk[t] = mark, pos[t] - ctx_of[s] + 1
-        rp = <int64_t *> cnp.PyArray_DATA(rpos)
         self.embedder.rows(toks, pos, x, h, aq, ad, asum,
                            None if self.want == NULL else functools.partial(self._fire_embedding, nseg, seg_rows))
         with nogil:
@@ -561,7 +560,8 @@ cdef class Engine:
                     a.out_stride = att_n
                     a.n_tok = seg_rows
                     a.pos0 = sg[s, SEG_LAST]
-                    n_pre = 0 if not self.prefix_tokens else min(max(ctx_of[s] - sg[s, SEG_POS], 0), seg_rows)
+                    if ctx_of != NULL:
+                        n_pre = min(max(ctx_of[s] - sg[s, SEG_POS], 0), seg_rows)
                     a.n_head = <int> nh
                     a.n_kv_head = <int> nkv
                     a.head_dim = <int> hd

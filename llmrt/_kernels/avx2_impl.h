@@ -282,4 +282,10 @@ LR_INLINE void i8_tile(const i8_ctx *c, int64_t r0, int64_t j0, const int R, con
 #include "panel256.h"
 #include "attn256.h"
 
+/* The kernel table of a unit built from this header (avx2.c, avx_vnni.c, avx_vnni_evex.c). */
+#define LR_AVX2_IMPL_TABLE(symbol, tier)                                                                  \
+    const lr_kernels symbol = {tier,          x86_quantize_act, x86_qgemm_i8,  x86_qgemm_i8_panels,      \
+                               ft_qgemm_f32,  ft_qgemm_bf16,    ft_gemm_f32,   ft_gemm_f16,              \
+                               x86_attention, x86_silu_mul,     x86_activate};
+
 #endif

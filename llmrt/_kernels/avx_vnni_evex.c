@@ -5,16 +5,4 @@
 #define LR_VNNI_EVEX 1
 #include "avx2_impl.h"
 
-const lr_kernels lr_kernels_avx_vnni_evex = {
-    "avx_vnni",
-    x86_quantize_act,
-    x86_qgemm_i8,
-    x86_qgemm_i8_panels,
-    ft_qgemm_f32,
-    ft_qgemm_bf16,
-    ft_gemm_f32,
-    ft_gemm_f16,
-    x86_attention,
-    x86_silu_mul,
-    x86_activate,
-};
+LR_AVX2_IMPL_TABLE(lr_kernels_avx_vnni_evex, "avx_vnni")

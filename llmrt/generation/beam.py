@@ -177,7 +177,8 @@ def _reorder(old: list[Sequence], parents: np.ndarray) -> list[Sequence]:
     """New beam j continues old beam parents[j]: the first child takes the parent's sequence,
     further children get copies (into sequences nobody continues, when there are any)."""
     taken: set[int] = set()
-    spare = [s for s in {id(s): s for s in old}.values() if all(old[p] is not s for p in parents)]
+    continued = {id(old[int(p)]) for p in parents}      # a set: linear in the beams, not quadratic
+    spare = [s for s in {id(s): s for s in old}.values() if id(s) not in continued]
     new: list[Sequence] = []
     for p in parents:
         src = old[int(p)]
