@@ -31,8 +31,6 @@
 /* prefill tiles read block-major activations (one pointer for all rows of a tile: the scalar
  * registers and loads of a pointer per row were a large part of the 4-row int4 loop) */
 #define PN_PACK_ACT 1
-/* AVX2: int4 sums start at 0 and the -8 * sum_a term is added per group in floats (packed tiles) */
-#define PN_INT_INIT LR_VNNI
 
 typedef __m256i pn_vi;
 typedef __m256 pn_vf;

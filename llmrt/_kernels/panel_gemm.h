@@ -18,9 +18,6 @@
  *   PN_RB(BITS), PN_NSB(BITS)  rows and slots per tile above PN_RD rows
  *   PN_ACCG         1: per-group float sums (see above)
  *   PN_PACK_ACT     1: tiles above PN_RD rows read block-major packed activations (pn_pack_act)
- *   PN_INT_INIT     0: packed int4 tiles start their sums at 0 and add -B * d_w * S_g per group
- *                   (maddubs sums begin at 0 anyway; adding the int32 start per block and row
- *                   cost a scalar multiply, a broadcast and an add)
  *   pn_vi, pn_vf    integer and float vectors
  *   pn_load(p), pn_bcast(p) (an activation dword in every lane), pn_iset1, pn_cvt, pn_fzero, pn_fset1,
  *   pn_fma(a, b, c) = a * b + c, pn_fmul, pn_fadd, pn_scales(p, F16) (PN_LANES scales), pn_store(y, v, n)
@@ -48,9 +45,6 @@
 #ifndef PN_PACK_ACT
 #define PN_PACK_ACT 0
 #endif
-#ifndef PN_INT_INIT
-#define PN_INT_INIT 1
-#endif
 
 typedef struct {
     const lr_qmat *w;
@@ -59,14 +53,24 @@ typedef struct {
     int64_t ldy;
     int32_t B;             /* the offset of the stored unsigned levels */
     int64_t gb;            /* bytes per panel group */
-    /* PN_PACK_ACT (prefill): the activations block-major, so the rows of a tile sit at constant
-     * offsets from one pointer; NULL when not packed */
-    const int8_t *pq;      /* [block][row][32] */
-    const float *pd;       /* [block][row] d_a */
-    const int32_t *ps;     /* [block][row] sum_a */
-    const float *pS;       /* [group][row] sum over the group's blocks of d_a * sum_a */
-    int64_t prow;          /* rows of the packed layout */
+    /* PN_PACK_ACT (prefill): the activations in bands of PN_BAND rows, each band block-major, so the
+     * rows of a tile sit at constant offsets from one pointer and a tile's pass over k reads one
+     * contiguous stream (a block-major layout over all rows put its blocks a page or more apart, where
+     * the hardware prefetchers stop); NULL when not packed */
+    const int8_t *pq;      /* [band][block][PN_BAND][32] */
+    const float *pd;       /* [band][block][PN_BAND] d_a */
+    const int32_t *ps;     /* [band][block][PN_BAND] -B * sum_a: the integer start, one broadcast load */
+    const float *pS;       /* [band][group][PN_BAND] sum over the group's blocks of d_a * sum_a */
 } pn_ctx;
+
+/* Rows per band of the packed activations: a multiple of every packed tile's row count (tiles start
+ * at multiples of their row count). */
+#define PN_BAND 4
+typedef char pn_band_holds_whole_tiles[(PN_BAND % PN_RB(4) == 0 && PN_BAND % PN_RB(8) == 0) ? 1 : -1];
+/* Index of (row, block) in a packed [band][block][PN_BAND] array of nb blocks per row. */
+LR_INLINE int64_t pn_band_at(int64_t row, int64_t block, int64_t nb) {
+    return ((row / PN_BAND) * nb + block) * PN_BAND + row % PN_BAND;
+}
 
 /* Activation rows r0 .. r0+R x slots s0 .. s0+NS of panel p over groups [g0, g1); the sums are added
  * to y unless g0 == 0. */
@@ -77,11 +81,7 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
     const int64_t k = w->k, nb = k / LR_QK, ng = k / w->group, bpg = w->group / LR_QK;
     const int64_t bb = BITS == 4 ? 256 : 512, ss = F16 ? 2 : 4;
     const uint8_t *gp = w->panels + (p * ng + g0) * c->gb;
-    /* Without PN_INT_INIT the integer sums of int4 start at 0 (sum of u * x) and the -B * sum_a part
-     * is added per group in floats from pS, like the offsets m (packed tiles only) */
-    const int FOFF4 = PACKED && !PN_INT_INIT && BITS == 4 && !ASYM;
-    const int32_t Bi = FOFF4 ? 0 : c->B;
-    const int64_t prow = c->prow;
+    const int32_t Bi = c->B;
     pn_vf acc[PN_RMAX][PN_SMAX];
     const int8_t *xq[PN_RMAX];
     const float *xd[PN_RMAX];
@@ -111,13 +111,14 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
                 for (int v = 0; v < (BITS == 4 ? 4 : 8); v++)
                     _mm_prefetch((const char *)(blk + lr_panel_prefetch + 64 * v), _MM_HINT_T1);
             const int8_t *xo[PN_RMAX];
-            const int8_t *pqb = PACKED ? c->pq + (b * prow + r0) * LR_QK : NULL;
-            const float *pdb = PACKED ? c->pd + b * prow + r0 : NULL;
-            const int32_t *psb = PACKED ? c->ps + b * prow + r0 : NULL;
+            const int64_t pb = PACKED ? pn_band_at(r0, b, nb) : 0;   /* a tile lies within one band */
+            const int8_t *pqb = PACKED ? c->pq + pb * LR_QK : NULL;
+            const float *pdb = PACKED ? c->pd + pb : NULL;
+            const int32_t *psb = PACKED ? c->ps + pb : NULL;
             pn_vi init[PN_RMAX], is[PN_RMAX][PN_SMAX];
             LR_UNROLL for (int r = 0; r < R; r++) {
                 xo[r] = PACKED ? pqb + r * LR_QK : xq[r] + b * LR_QK;
-                init[r] = pn_iset1(-Bi * (PACKED ? psb[r] : xs[r][b]));
+                init[r] = pn_iset1(PACKED ? psb[r] : -Bi * xs[r][b]);
             }
             if (BITS == 4) {
                 pn_a4 ac[PN_RMAX][PN_SMAX];
@@ -156,17 +157,17 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
                 if (ASYM && !PACKED) sg[r] += xd[r][b] * (float)xs[r][b];
             }
         }
-        if (PACKED && (ASYM || FOFF4))
-            LR_UNROLL for (int r = 0; r < R; r++) sg[r] = c->pS[g * prow + r0 + r] * (ASYM ? 1.0f : (float)-c->B);
+        if (PACKED && ASYM)
+            LR_UNROLL for (int r = 0; r < R; r++) sg[r] = c->pS[pn_band_at(r0, g, ng) + r];
 #if PN_ACCG
         LR_UNROLL for (int s = 0; s < NS; s++) {
             const pn_vf dws = pn_scales(sp + (s0 + s) * PN_LANES * ss, F16);
             LR_UNROLL for (int r = 0; r < R; r++) acc[r][s] = pn_fma(accg[r][s], dws, acc[r][s]);
         }
 #endif
-        if (ASYM || FOFF4) {   /* offsets m * S_g, or -B * d_w * S_g */
+        if (ASYM) {   /* offsets m * S_g */
             LR_UNROLL for (int s = 0; s < NS; s++) {
-                const pn_vf mw = pn_scales(sp + (ASYM ? LR_PANEL * ss : 0) + (s0 + s) * PN_LANES * ss, F16);
+                const pn_vf mw = pn_scales(sp + LR_PANEL * ss + (s0 + s) * PN_LANES * ss, F16);
                 LR_UNROLL for (int r = 0; r < R; r++) acc[r][s] = pn_fma(mw, pn_fset1(sg[r]), acc[r][s]);
             }
         }
@@ -247,35 +248,36 @@ static void pn_init(pn_ctx *c, const lr_qmat *w, const lr_qact *a, float *y, int
     c->gb = pn_group_bytes(w);
 }
 
-/* PN_PACK_ACT: the activations of a prefill call block-major in the calling thread's scratch (a
+/* PN_PACK_ACT: the activations of a prefill call in bands (pn_ctx) in the calling thread's scratch (a
  * copy of rows * k bytes, small beside the GEMM); left unpacked when the scratch cannot grow. */
 static void pn_pack_act(pn_ctx *c) {
     const lr_qact *a = c->a;
     const int64_t rows = a->rows, k = a->k, nb = k / LR_QK, bpg = c->w->group / LR_QK, ng = k / c->w->group;
-    const size_t bytes = (size_t)(rows * k) + (size_t)(rows * nb) * (sizeof(float) + sizeof(int32_t)) +
-                         (size_t)(rows * ng) * sizeof(float);
+    const int64_t prows = (rows + PN_BAND - 1) / PN_BAND * PN_BAND;   /* the last band's unused rows unread */
+    const size_t bytes = (size_t)(prows * k) + (size_t)(prows * nb) * (sizeof(float) + sizeof(int32_t)) +
+                         (size_t)(prows * ng) * sizeof(float);
     int8_t *q = (int8_t *)lr_thread_scratch(LR_SCRATCH_ACT, bytes);
     if (!q) return;
-    float *d = (float *)(q + rows * k);
-    int32_t *sum = (int32_t *)(d + rows * nb);
-    float *S = (float *)(sum + rows * nb);
+    float *d = (float *)(q + prows * k);
+    int32_t *sum = (int32_t *)(d + prows * nb);
+    float *S = (float *)(sum + prows * nb);
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t b = 0; b < nb; b++) {
-            memcpy(q + (b * rows + r) * LR_QK, a->q + r * k + b * LR_QK, LR_QK);
-            d[b * rows + r] = a->d[r * nb + b];
-            sum[b * rows + r] = a->sum[r * nb + b];
+            const int64_t at = pn_band_at(r, b, nb);
+            memcpy(q + at * LR_QK, a->q + r * k + b * LR_QK, LR_QK);
+            d[at] = a->d[r * nb + b];
+            sum[at] = -c->B * a->sum[r * nb + b];
         }
-        for (int64_t g = 0; g < ng; g++) {
+        for (int64_t g = 0; g < (c->w->panel_m ? ng : 0); g++) {   /* for the offsets m */
             float sg = 0.0f;   /* the order of the unpacked tiles' running sum */
             for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) sg += a->d[r * nb + b] * (float)a->sum[r * nb + b];
-            S[g * rows + r] = sg;
+            S[pn_band_at(r, g, ng)] = sg;
         }
     }
     c->pq = q;
     c->pd = d;
     c->ps = sum;
     c->pS = S;
-    c->prow = rows;
 }
 
 /* Activation rows [r0, r1) x panels [p0, p1), panels split between the threads. */
