@@ -62,9 +62,10 @@ def cpu_features(system_info: str) -> str:
     return " ".join(f for f in flags if f[:3] in ("AVX", "AMX", "F16", "FMA", "BMI")) or "unknown"
 
 
-def llmrt_cmd(model: str, fmt: str, a) -> list[str]:
+def llmrt_cmd(model: str, fmt: str, a, act: str | None = None) -> list[str]:
     return [sys.executable, str(HERE / "run_llmrt.py"), "--model", model, "--format", fmt, "--threads", str(a.threads),
-            "--pp", str(a.pp), "--tg", str(a.tg), "--reps", str(a.reps)]
+            "--pp", str(a.pp), "--tg", str(a.tg), "--reps", str(a.reps)] + \
+        (["--activation_precision", act] if act else [])
 
 
 def llamacpp_cmd(model: str, fmt: str, a) -> list[str]:
@@ -87,7 +88,10 @@ def torch_cmd(model: str, a) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="model:format pairs")
+    ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES,
+                    help="model:format pairs; model:format@int8 runs llmrt with activation_precision='int8' "
+                         "(one int8 rounding per 32 activations, as llama.cpp's Q8 activations; the default "
+                         "'auto' adds a second pass on the MLP down projection and the head)")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pp", type=int, default=512)
@@ -109,22 +113,23 @@ def main() -> int:
     rows = []
     llmrt_tiers, llamacpp_features = set(), set()
     for case in a.cases:
-        model, fmt = case.split(":")
+        model, fmt = case.split("@")[0].split(":")
+        act = case.split("@")[1] if "@" in case else None
         recs = {"llmrt": [], "llama.cpp": [], "torch": [], "llmrt-1t": []}
         bws = []
         # the first llmrt run of a format quantizes and caches the model (tens of seconds, the fp16 weights
         # resident): done once here, so the pairs time and measure the memory of loading the cached file
         warm = argparse.Namespace(**{**vars(a), "pp": 16, "tg": 1, "reps": 1})
-        run_json(llmrt_cmd(model, fmt, warm))
+        run_json(llmrt_cmd(model, fmt, warm, act))
         for i in range(a.pairs):
             bws.append(membw(a.threads))
-            recs["llmrt"].append(run_json(llmrt_cmd(model, fmt, a)))
+            recs["llmrt"].append(run_json(llmrt_cmd(model, fmt, a, act)))
             recs["llama.cpp"].append(run_json(llamacpp_cmd(model, fmt, a)))
             if case in a.torch_cases:
                 recs["torch"].append(run_json(torch_cmd(model, a)))
             if case in a.scaling_cases:
                 one = argparse.Namespace(**{**vars(a), "threads": 1, "tg": 8})
-                recs["llmrt-1t"].append(run_json(llmrt_cmd(model, fmt, one)))
+                recs["llmrt-1t"].append(run_json(llmrt_cmd(model, fmt, one, act)))
             bws.append(membw(a.threads))
             print(f"[compare] {case} pair {i + 1}: llmrt pp {recs['llmrt'][-1]['pp_tok_s']} tg "
                   f"{recs['llmrt'][-1]['tg_tok_s']} | llama.cpp pp {recs['llama.cpp'][-1]['pp_tok_s']} tg "

@@ -58,12 +58,16 @@ def smollm2_path() -> Path:
     return default_model_path()
 
 
-def load(name: str, fmt: str | None, **kwargs):
-    """An llmrt Model for a benchmark name ('smollm2' runs its GGUF as shipped); kwargs go to from_pretrained."""
+def load(name: str, fmt: str | None, activation_precision: str | None = None, **kwargs):
+    """An llmrt Model for a benchmark name ('smollm2' runs its GGUF as shipped); activation_precision
+    overrides the library's default; kwargs go to from_pretrained."""
     from llmrt import AutoModelForCausalLM, WeightOnlyQuantConfig
 
+    act = {} if activation_precision is None else {"activation_precision": activation_precision}
     if name == "smollm2":
+        if act:
+            kwargs["quantization_config"] = WeightOnlyQuantConfig(compute_dtype="int8", **act)
         return AutoModelForCausalLM.from_pretrained(smollm2_path(), **kwargs)
-    q = WeightOnlyQuantConfig(use_cache=True, **FORMATS[fmt])
+    q = WeightOnlyQuantConfig(use_cache=True, **FORMATS[fmt], **act)
     return AutoModelForCausalLM.from_pretrained(model_dir(name), quantization_config=q, cache_dir=CACHE / "quantized",
                                                 **kwargs)

@@ -82,13 +82,15 @@ def main() -> int:
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--tensor_parallel", action="store_true", help="split over the ranks of mpiexec")
+    ap.add_argument("--activation_precision", default=None, choices=("int8", "auto", "high"),
+                    help="int8 compute's activation rounding (default: the library's, auto)")
     a = ap.parse_args()
 
     from llmrt._kernels import _ops
     from llmrt.runtime import compute_threads
 
     t0 = time.perf_counter()
-    model = load(a.model, None if a.model == "smollm2" else a.format,
+    model = load(a.model, None if a.model == "smollm2" else a.format, a.activation_precision,
                  **({"tensor_parallel": True} if a.tensor_parallel else {}))
     load_s = time.perf_counter() - t0
     comm = CollectiveClock(model.tp) if model.tp is not None else None

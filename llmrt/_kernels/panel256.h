@@ -20,11 +20,13 @@
 #ifndef PN_RD
 #define PN_RD 2
 #endif
-/* measured on the 1.1B MLP shapes (128 rows, one Sapphire Rapids core): int4 one slot x 4 rows (AVX-VNNI
- * 65 GMAC/s against 55 for both slots x 2 rows), int8 both slots x 2 rows (84 against 38: the int8 panel
- * of a 2048-input row is 34 KiB, and two passes over its cache lines, one per slot, miss L1) */
-#define PN_RB(BITS) ((BITS) == 4 ? 4 : 2)
-#define PN_NSB(BITS) ((BITS) == 4 ? 1 : 2)
+/* measured on the 1.1B MLP shapes (128 rows, one core): int4 one slot x 4 rows (AVX-VNNI on Sapphire
+ * Rapids 65 GMAC/s against 55 for both slots x 2 rows); AVX-VNNI int8 both slots x 2 rows (84 against
+ * 38 there, before prefill read panels in 16 KiB chunks: two passes over a 2048-input int8 panel, one
+ * per slot, missed L1); AVX2 int8 one slot x 4 rows (Zen 4: 61 against 59, the weights' |q| and q
+ * shared by more rows) */
+#define PN_RB(BITS) ((BITS) == 8 && LR_VNNI ? 2 : 4)
+#define PN_NSB(BITS) ((BITS) == 8 && LR_VNNI ? 2 : 1)
 #ifndef PN_ACCG
 #define PN_ACCG 0
 #endif

@@ -17,7 +17,7 @@
  *   PN_RD           rows per tile covering all slots of a panel (decode, small batches); 0: none
  *   PN_RB(BITS), PN_NSB(BITS)  rows and slots per tile above PN_RD rows
  *   PN_ACCG         1: per-group float sums (see above)
- *   PN_PACK_ACT     1: tiles above PN_RD rows read block-major packed activations (pn_pack_act)
+ *   PN_PACK_ACT     1: tiles above PN_RD rows read packed activations in bands (pn_pack_alloc)
  *   pn_vi, pn_vf    integer and float vectors
  *   pn_load(p), pn_bcast(p) (an activation dword in every lane), pn_iset1, pn_cvt, pn_fzero, pn_fset1,
  *   pn_fma(a, b, c) = a * b + c, pn_fmul, pn_fadd, pn_scales(p, F16) (PN_LANES scales), pn_store(y, v, n)
@@ -248,20 +248,31 @@ static void pn_init(pn_ctx *c, const lr_qmat *w, const lr_qact *a, float *y, int
     c->gb = pn_group_bytes(w);
 }
 
-/* PN_PACK_ACT: the activations of a prefill call in bands (pn_ctx) in the calling thread's scratch (a
- * copy of rows * k bytes, small beside the GEMM); left unpacked when the scratch cannot grow. */
-static void pn_pack_act(pn_ctx *c) {
+/* PN_PACK_ACT: room for the activations of a prefill call in bands (pn_ctx) in the calling thread's
+ * scratch (a copy of rows * k bytes, small beside the GEMM); left unpacked when the scratch cannot grow.
+ * pn_run fills it. */
+static void pn_pack_alloc(pn_ctx *c) {
     const lr_qact *a = c->a;
-    const int64_t rows = a->rows, k = a->k, nb = k / LR_QK, bpg = c->w->group / LR_QK, ng = k / c->w->group;
-    const int64_t prows = (rows + PN_BAND - 1) / PN_BAND * PN_BAND;   /* the last band's unused rows unread */
+    const int64_t k = a->k, nb = k / LR_QK, ng = k / c->w->group;
+    const int64_t prows = (a->rows + PN_BAND - 1) / PN_BAND * PN_BAND;   /* the last band's unused rows unread */
     const size_t bytes = (size_t)(prows * k) + (size_t)(prows * nb) * (sizeof(float) + sizeof(int32_t)) +
                          (size_t)(prows * ng) * sizeof(float);
     int8_t *q = (int8_t *)lr_thread_scratch(LR_SCRATCH_ACT, bytes);
     if (!q) return;
-    float *d = (float *)(q + prows * k);
-    int32_t *sum = (int32_t *)(d + prows * nb);
-    float *S = (float *)(sum + prows * nb);
-    for (int64_t r = 0; r < rows; r++) {
+    c->pq = q;
+    c->pd = (float *)(q + prows * k);
+    c->ps = (int32_t *)(c->pd + prows * nb);
+    c->pS = (float *)(c->ps + prows * nb);
+}
+
+/* Packs activation rows [r0, r1). */
+static void pn_pack_rows(const pn_ctx *c, int64_t r0, int64_t r1) {
+    const lr_qact *a = c->a;
+    const int64_t k = a->k, nb = k / LR_QK, bpg = c->w->group / LR_QK, ng = k / c->w->group;
+    int8_t *q = (int8_t *)c->pq;
+    float *d = (float *)c->pd, *S = (float *)c->pS;
+    int32_t *sum = (int32_t *)c->ps;
+    for (int64_t r = r0; r < r1; r++) {
         for (int64_t b = 0; b < nb; b++) {
             const int64_t at = pn_band_at(r, b, nb);
             memcpy(q + at * LR_QK, a->q + r * k + b * LR_QK, LR_QK);
@@ -274,10 +285,6 @@ static void pn_pack_act(pn_ctx *c) {
             S[pn_band_at(r, g, ng)] = sg;
         }
     }
-    c->pq = q;
-    c->pd = d;
-    c->ps = sum;
-    c->pS = S;
 }
 
 /* Activation rows [r0, r1) x panels [p0, p1), panels split between the threads. */
@@ -289,6 +296,11 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
     if (r1 <= r0 || p1 <= p0) return;
     LR_OMP(parallel if (par))
     {
+        if (c->pq) {   /* the packed activations, bands shared out (the loop ends in a barrier) */
+            LR_OMP(for schedule(static))
+            for (int64_t i = r0 / PN_BAND; i < (r1 + PN_BAND - 1) / PN_BAND; i++)
+                pn_pack_rows(c, lr_max64(i * PN_BAND, r0), lr_min64((i + 1) * PN_BAND, r1));
+        }
         /* panels handed out in shrinking runs (guided): threads rarely get equal shares of the memory
          * bandwidth, so equal static shares would leave one waiting at the end of every layer, and
          * small last runs keep that wait short */
@@ -300,7 +312,7 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
 LR_UNUSED static void x86_qgemm_i8_panels(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
     pn_ctx c;
     pn_init(&c, w, a, y, ldy);
-    if (PN_PACK_ACT && a->rows > PN_RD) pn_pack_act(&c);
+    if (PN_PACK_ACT && a->rows > PN_RD) pn_pack_alloc(&c);
     pn_run(&c, 0, a->rows, 0, (w->n + LR_PANEL - 1) / LR_PANEL);
 }
 
