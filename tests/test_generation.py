@@ -245,6 +245,8 @@ def test_inputs_without_ids_start_from_bos(pair):
     (dict(num_beams=2, early_stopping="sometimes"), ValueError, "early_stopping"),
     (dict(eos_token_id="</s>"), ValueError, "eos_token_id"),
     (dict(eos_token_id=[2, -1]), ValueError, "eos_token_id"),
+    (dict(eos_token_id=2**63), ValueError, "eos_token_id"),     # past int64: was an OverflowError from NumPy
+    (dict(pad_token_id=2**64), ValueError, "pad_token_id"),
     (dict(pad_token_id=-3), ValueError, "pad_token_id"),
     (dict(n_discard=0), ValueError, "n_discard"),
     (dict(shift_roped_k=True, n_discard=4), ValueError, "n_discard"),

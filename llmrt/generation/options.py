@@ -168,9 +168,9 @@ def _token_ids(name: str, v: Any, many: bool) -> Any:
         v = v.tolist()
     vals = v if isinstance(v, (list, tuple)) and many else [v]
     for e in vals:
-        if isinstance(e, bool) or not isinstance(e, numbers.Integral) or e < 0:
-            raise ValueError(f"{name} must be a non-negative integer{' or a list of them' if many else ''}, "
-                             f"got {v!r}")
+        if isinstance(e, bool) or not isinstance(e, numbers.Integral) or not 0 <= e < 2**63:
+            raise ValueError(f"{name} must be a non-negative integer below 2**63 (an int64 token id)"
+                             f"{' or a list of them' if many else ''}, got {v!r}")
     return [int(e) for e in vals] if isinstance(v, (list, tuple)) else int(v)
 
 
