@@ -20,12 +20,13 @@
 #ifndef PN_RD
 #define PN_RD 2
 #endif
-/* measured on the 1.1B MLP shapes (128 rows, one core): int4 one slot x 4 rows (AVX-VNNI on Sapphire
- * Rapids 65 GMAC/s against 55 for both slots x 2 rows); AVX-VNNI int8 both slots x 2 rows (84 against
- * 38 there, before prefill read panels in 16 KiB chunks: two passes over a 2048-input int8 panel, one
- * per slot, missed L1); AVX2 int8 one slot x 4 rows (Zen 4: 61 against 59, the weights' |q| and q
- * shared by more rows) */
-#define PN_RB(BITS) ((BITS) == 8 && LR_VNNI ? 2 : 4)
+/* measured on the 1.1B MLP shapes (128 rows, one core): AVX-VNNI int4 one slot x 4 rows (Sapphire Rapids
+ * 65 GMAC/s against 55 for both slots x 2 rows) and int8 both slots x 2 rows (84 against 38 there, before
+ * prefill read panels in 16 KiB chunks: two passes over a 2048-input int8 panel, one per slot, missed L1);
+ * AVX2 one slot x 8 rows (Zen 4: int4 112 against 100 for 4 rows, int8 62 against 59 for 2 slots x 2
+ * rows: a weight vector's nibble split or |q| serves more rows, and the float sums the compiler keeps
+ * in memory cost loads and stores, not vector ALU slots) */
+#define PN_RB(BITS) ((BITS) == 8 && LR_VNNI ? 2 : (LR_VNNI ? 4 : 8))
 #define PN_NSB(BITS) ((BITS) == 8 && LR_VNNI ? 2 : 1)
 #ifndef PN_ACCG
 #define PN_ACCG 0

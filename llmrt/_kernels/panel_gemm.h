@@ -65,7 +65,7 @@ typedef struct {
 
 /* Rows per band of the packed activations: a multiple of every packed tile's row count (tiles start
  * at multiples of their row count). */
-#define PN_BAND 4
+#define PN_BAND 8
 typedef char pn_band_holds_whole_tiles[(PN_BAND % PN_RB(4) == 0 && PN_BAND % PN_RB(8) == 0) ? 1 : -1];
 /* Index of (row, block) in a packed [band][block][PN_BAND] array of nb blocks per row. */
 LR_INLINE int64_t pn_band_at(int64_t row, int64_t block, int64_t nb) {
@@ -182,7 +182,7 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
     }
 }
 
-/* Tiles of up to RMAX rows (R a compile-time constant in each case). */
+/* Tiles of up to RMAX <= 8 rows (R a compile-time constant in each case). */
 #define PN_ROWS_CASE(n, RMAX, S0, NS, PK)                                                  \
     case n:                                                                                \
         if (n <= RMAX) pn_tile(c, r, p, g0, g1, S0, (n <= RMAX ? n : 1), NS, BITS, ASYM, F16, PK); \
@@ -192,7 +192,8 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
         switch (lr_min64(RMAX, r1 - r)) {                                                  \
             PN_ROWS_CASE(1, RMAX, S0, NS, PK) PN_ROWS_CASE(2, RMAX, S0, NS, PK)            \
             PN_ROWS_CASE(3, RMAX, S0, NS, PK) PN_ROWS_CASE(4, RMAX, S0, NS, PK)            \
-            PN_ROWS_CASE(5, RMAX, S0, NS, PK) default: PN_ROWS_CASE(6, RMAX, S0, NS, PK)   \
+            PN_ROWS_CASE(5, RMAX, S0, NS, PK) PN_ROWS_CASE(6, RMAX, S0, NS, PK)            \
+            PN_ROWS_CASE(7, RMAX, S0, NS, PK) default: PN_ROWS_CASE(8, RMAX, S0, NS, PK)   \
         }                                                                                  \
     }
 
