@@ -63,9 +63,9 @@ typedef struct {
     const float *pS;       /* [band][group][PN_BAND] sum over the group's blocks of d_a * sum_a */
 } pn_ctx;
 
-/* Rows per band of the packed activations: a multiple of every packed tile's row count (tiles start
- * at multiples of their row count). */
-#define PN_BAND 8
+/* Rows per band of the packed activations: the tier's largest packed tile (tiles start at multiples
+ * of their row count, so a tile lies within one band and reads one contiguous stream). */
+#define PN_BAND PN_MAX2(PN_RB(4), PN_RB(8))
 typedef char pn_band_holds_whole_tiles[(PN_BAND % PN_RB(4) == 0 && PN_BAND % PN_RB(8) == 0) ? 1 : -1];
 /* Index of (row, block) in a packed [band][block][PN_BAND] array of nb blocks per row. */
 LR_INLINE int64_t pn_band_at(int64_t row, int64_t block, int64_t nb) {
