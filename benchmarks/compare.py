@@ -113,8 +113,9 @@ def main() -> int:
     rows = []
     llmrt_tiers, llamacpp_features = set(), set()
     for case in a.cases:
-        model, fmt = case.split("@")[0].split(":")
-        act = case.split("@")[1] if "@" in case else None
+        spec, _, act = case.partition("@")
+        model, fmt = spec.split(":")
+        act = act or None
         recs = {"llmrt": [], "llama.cpp": [], "torch": [], "llmrt-1t": []}
         bws = []
         # the first llmrt run of a format quantizes and caches the model (tens of seconds, the fp16 weights

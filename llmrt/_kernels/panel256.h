@@ -2,7 +2,7 @@
  * The 256-bit vocabulary of panel_gemm.h: a 64-byte panel vector is two 32-byte slots of 8 weight
  * rows, so a dot against a broadcast activation dword gives 8 rows' block sums in the 8 lanes.
  * Up to PN_RD activation rows (decode) a tile covers both slots of a panel, sharing each broadcast;
- * with more rows a tile covers one slot and PN_RB rows, as the 16 ymm registers allow.
+ * with more rows a tile covers one slot and PN_RB rows (see PN_RB).
  *
  * AVX-VNNI (dpbusd): as the 512-bit kernel, int4 low nibbles and in-place high nibbles (16 u) in
  * two accumulators, int8 as stored (q + 128) against the -128 * sum_a start.
@@ -31,7 +31,7 @@
 #ifndef PN_ACCG
 #define PN_ACCG 0
 #endif
-/* prefill tiles read block-major activations (one pointer for all rows of a tile: the scalar
+/* prefill tiles read activations packed in row bands (one pointer for all rows of a tile: the scalar
  * registers and loads of a pointer per row were a large part of the 4-row int4 loop) */
 #define PN_PACK_ACT 1
 
