@@ -74,11 +74,7 @@ def fuse_rows(parts: list[Stored]):
     if any(f is None for f in fmts):
         raise ValueError("cannot fuse quantized and dense matrices into one layer")
     ks = [f.to_kernel(a) for a, f in parts]
-    bits = {k.bits for k in ks}
-    groups = {k.group for k in ks}
-    if len(bits) != 1 or len(groups) != 1:
-        raise ValueError("matrices fused into one layer must share bit width and group size; "
-                         f"got bits {sorted(bits)} groups {sorted(groups)}")
+    _check_fusable({k.bits for k in ks}, {k.group for k in ks})
     if len(ks) == 1:
         return ks[0]
     b = ks[0].bits
@@ -98,7 +94,22 @@ def linear_from(w, compute: str, bias: np.ndarray | None = None, panels: bool = 
 
 
 def make_linear(parts: list[Stored], compute: str, bias: np.ndarray | None = None) -> Linear:
-    return linear_from(fuse_rows(parts), compute, bias)
+    """The Linear of the row-concatenation of stored matrices.  Under int8 compute quantized parts
+    are repacked into panels straight from their block records (no canonical or concatenated copy:
+    the repack is most of a load)."""
+    fmts = [f for _, f in parts]
+    if compute != "int8" or any(f is None for f in fmts):
+        return linear_from(fuse_rows(parts), compute, bias)
+    views = [f.kernel_view(a) for a, f in parts]
+    bits, groups = {f.bits for f in fmts}, {v[3] for v in views}
+    _check_fusable(bits, groups)
+    return Linear.from_parts([v[:3] for v in views], bits.pop(), groups.pop(), bias)
+
+
+def _check_fusable(bits: set[int], groups: set[int]) -> None:
+    if len(bits) != 1 or len(groups) != 1:
+        raise ValueError("matrices fused into one layer must share bit width and group size; "
+                         f"got bits {sorted(bits)} groups {sorted(groups)}")
 
 
 def _bias(t: Mapping[str, Stored], *names: str) -> np.ndarray | None:

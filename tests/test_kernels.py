@@ -212,6 +212,59 @@ def test_quantized_gemm_int8_edges(use_tier, tier, case, panels):
     assert lin.layout == expect and lin.panel_scales == ("fp32" if panels else None)
 
 
+def _records(qs, d, bits, group):
+    """qs as the strided view of block records (a scale beside each group's bytes), as a model file
+    maps them."""
+    n, gbytes = qs.shape[0], group * bits // 8
+    rec = np.zeros(d.shape, dtype=[("scale", "<f4"), ("qs", "u1", (gbytes,))])
+    rec["scale"] = d
+    rec["qs"] = qs.reshape(n, d.shape[1], gbytes)
+    return rec["qs"]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize("f16", [False, True], ids=["fp32", "fp16"])
+def test_panels_from_parts(use_tier, tier, bits, group, f16):
+    """Panels packed straight from several parts (fused QKV / gate-up rows, strided record views,
+    one part with offsets among parts without) equal the panels of the concatenated matrix."""
+    use_tier(tier)
+    k, sizes, with_m = 256, (5, 0, 16, 20), (False, False, True, False)
+    parts, canon = [], []
+    for i, (rows, has_m) in enumerate(zip(sizes, with_m)):
+        qs, d, m, _ = qcase(k, rows, group, 1, bits, has_m)
+        if f16:
+            d = d.astype(np.float16).astype(F32)
+            m = None if m is None else m.astype(np.float16).astype(F32)
+        # the implicit offsets of a part without any, once another part has them
+        canon.append((qs, d, m if m is not None else (-8.0 * d if bits == 4 else np.zeros_like(d))))
+        parts.append((_records(qs, d, bits, group) if i % 2 == 0 else qs.reshape(rows, k // group, group * bits // 8), d, m))
+    whole = _ops.Linear.quantized(*(np.concatenate(c) for c in zip(*canon)), bits, group, compute="int8")
+    fused = _ops.Linear.from_parts(parts, bits, group)
+    assert (fused.n, fused.k, fused.layout, fused.panel_scales) == (whole.n, k, "panels", whole.panel_scales)
+    assert fused.panel_scales == ("fp16" if f16 else "fp32")
+    x = np.random.default_rng(3).standard_normal((19, k)).astype(F32)
+    np.testing.assert_array_equal(fused(x), whole(x))
+    for j in range(fused.n):
+        np.testing.assert_array_equal(fused.get_row(j), whole.get_row(j))
+
+
+def test_panels_from_parts_rejects_bad_parts():
+    qs, d, _, _ = qcase(64, 4, 32, 1, 4, False)
+    q3 = qs.reshape(4, 2, 16)
+    with pytest.raises(TypeError, match="3-D uint8"):
+        _ops.Linear.from_parts([(qs, d, None)], 4, 32)
+    with pytest.raises(ValueError, match="shape"):
+        _ops.Linear.from_parts([(q3, d[:3], None)], 4, 32)
+    with pytest.raises(ValueError, match=r"\(rows, 2, 16\)"):
+        _ops.Linear.from_parts([(q3, d, None), (qs.reshape(4, 4, 8), d, None)], 4, 32)
+    with pytest.raises(ValueError, match="at least one part"):
+        _ops.Linear.from_parts([], 4, 32)
+    with pytest.raises(ValueError, match="bits"):
+        _ops.Linear.from_parts([(q3, d, None)], 5, 32)
+
+
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("case", EDGE_CASES[::3], ids=lambda c: "k{}-n{}-g{}-m{}-q{}{}".format(*c[:5], "-off" if c[5] else ""))
 def test_panels_with_fp16_scales(use_tier, tier, case):

@@ -11,6 +11,7 @@ import numpy as np
 from llmrt.errors import InvalidArgumentError
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
+from libc.stdlib cimport free, malloc
 from cython.parallel cimport prange
 
 from llmrt._kernels.kernels cimport (
@@ -18,7 +19,7 @@ from llmrt._kernels.kernels cimport (
     lr_tier_name, lr_tier_compiled, lr_tier_supported, lr_best_tier, lr_tier_kernels, lr_avx_vnni_encoding,
     lr_set_threads, lr_panel_prefetch, LR_PANEL_PREFETCH_MAX, lr_get_threads, lr_openmp_enabled, lr_f16_to_f32,
     lr_bf16_hw_available, lr_bf16_hw_enabled, lr_set_bf16_hw,
-    lr_panels_nbytes, lr_panels_f16_exact, lr_pack_panels, lr_unpack_panels, lr_panel_row,
+    lr_panels_nbytes, lr_panel_src, lr_pack_panel_srcs, lr_panel_srcs_f16_exact, lr_unpack_panels, lr_panel_row,
 )
 
 cnp.import_array()
@@ -253,13 +254,77 @@ cdef class Linear:
             self._to_panels()
         return self
 
+    @staticmethod
+    def from_parts(parts, int bits, int group, bias=None):
+        """int8 compute on the row-concatenation of several quantized matrices (fused QKV, gate-up),
+        repacked into panels in one pass, without a concatenated copy.  Each part is (qs, d, m):
+        qs uint8 (rows, k/group, group*bits/8), its group bytes contiguous but the groups and rows
+        at any strides (a view into stored block records), d and m float32 (rows, k/group), m None
+        when the part has no offsets (it then gets its implicit ones if another part has some)."""
+        cdef Linear self = Linear()
+        cdef int64_t ng = -1, gbytes = group * bits // 8
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {bits}")
+        if group <= 0 or group % QK:
+            raise ValueError(f"group size {group} must be a positive multiple of {QK}")
+        checked = []
+        for i, part in enumerate(parts):
+            qs, d, m = part
+            if not isinstance(qs, np.ndarray) or qs.dtype != np.uint8 or qs.ndim != 3:
+                raise TypeError(f"part {i}: qs must be a 3-D uint8 array (rows, groups, group bytes)")
+            if ng < 0:
+                ng = qs.shape[1]
+            if qs.shape[1] != ng or qs.shape[2] != gbytes:
+                raise ValueError(f"part {i}: qs must have shape (rows, {ng}, {gbytes}), got {qs.shape}")
+            if qs.shape[0] and (qs.strides[2] != 1 or qs.strides[0] < 0 or qs.strides[1] < 0):
+                qs = np.ascontiguousarray(qs)   # the packer reads a group's bytes as one run
+            d = _c_array(d, np.float32, f"part {i} scales", 2)
+            if d.shape != qs.shape[:2]:
+                raise ValueError(f"part {i}: scales must have shape {qs.shape[:2]}, got {d.shape}")
+            if m is not None:
+                m = _c_array(m, np.float32, f"part {i} offsets", 2)
+                if m.shape != d.shape:
+                    raise ValueError(f"part {i}: offsets must have shape {d.shape}, got {m.shape}")
+            checked.append((qs, d, m))
+        if ng <= 0:
+            raise ValueError("from_parts needs at least one part with at least one group")
+        self.ikind = KIND_QUANT
+        self.icompute = COMPUTE_INT8
+        self.n, self.k = sum(q.shape[0] for q, _, _ in checked), ng * group
+        self.q.n, self.q.k, self.q.bits, self.q.group = self.n, self.k, bits, group
+        self._pack(checked)
+        self._set_bias(bias)
+        return self
+
     def _to_panels(self):
-        cdef int f16 = lr_panels_f16_exact(&self.q)
-        cdef int asym = self.q.m != NULL
-        cdef size_t nbytes = lr_panels_nbytes(self.n, self.k, self.q.bits, self.q.group, asym, f16)
-        cdef cnp.ndarray buf = _aligned_bytes(nbytes)
-        with nogil:
-            lr_pack_panels(&self.q, f16, <uint8_t *> cnp.PyArray_DATA(buf))
+        cdef int64_t ng = self.k // self.q.group
+        qs = self.arrays["qs"].reshape(self.n, ng, self.q.group * self.q.bits // 8)
+        self._pack([(qs, self.arrays["d"], self.arrays.get("m"))])
+
+    def _pack(self, parts):
+        """Panels from validated parts; the canonical planes are dropped."""
+        cdef int nsrc = len(parts), s
+        cdef int asym = any(m is not None for _, _, m in parts)
+        cdef lr_panel_src *src = <lr_panel_src *> malloc(max(nsrc, 1) * sizeof(lr_panel_src))
+        cdef cnp.ndarray qs, d, m, buf
+        cdef int f16
+        if src == NULL:
+            raise MemoryError()
+        try:
+            for s in range(nsrc):
+                qs, d, m = parts[s]
+                src[s].rows = qs.shape[0]
+                src[s].qs = <const uint8_t *> cnp.PyArray_DATA(qs)
+                src[s].row_stride, src[s].group_stride = qs.strides[0], qs.strides[1]
+                src[s].d = <const float *> cnp.PyArray_DATA(d)
+                src[s].m = <const float *> cnp.PyArray_DATA(m) if m is not None else NULL
+            f16 = lr_panel_srcs_f16_exact(src, nsrc, self.k // self.q.group, self.q.bits, asym)
+            buf = _aligned_bytes(lr_panels_nbytes(self.n, self.k, self.q.bits, self.q.group, asym, f16))
+            with nogil:
+                lr_pack_panel_srcs(src, nsrc, self.k, self.q.bits, self.q.group, asym, f16,
+                                   <uint8_t *> cnp.PyArray_DATA(buf))
+        finally:
+            free(src)
         self.q.panels = <const uint8_t *> cnp.PyArray_DATA(buf)
         self.q.panel_f16, self.q.panel_m = f16, asym
         self.q.qs, self.q.d, self.q.m = NULL, NULL, NULL

@@ -68,6 +68,20 @@ size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int
 int lr_panels_f16_exact(const lr_qmat *w);
 /* w (qs, d, m) -> out (lr_panels_nbytes bytes). */
 void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out);
+/* Rows of a matrix in the canonical layout whose groups may sit at strides (a view into stored block
+ * records): row r's group g is group*bits/8 bytes at qs + r*row_stride + g*group_stride; d and m
+ * (rows, k/group) contiguous, m NULL for none. */
+typedef struct {
+    int64_t rows;
+    const uint8_t *qs;
+    int64_t row_stride, group_stride;
+    const float *d, *m;
+} lr_panel_src;
+/* The row-concatenation of nsrc sources -> out as panels (lr_panels_nbytes of the total rows), in one
+ * pass and on the OpenMP threads; with asym, a source without offsets gets its implicit ones. */
+void lr_pack_panel_srcs(const lr_panel_src *src, int nsrc, int64_t k, int bits, int group, int asym, int f16,
+                        uint8_t *out);
+int lr_panel_srcs_f16_exact(const lr_panel_src *src, int nsrc, int64_t ng, int bits, int asym);
 /* Row j of the panels dequantized (w = d*u + m as in the canonical form; j < n). */
 void lr_panel_row(const lr_qmat *w, int64_t j, float *out);
 

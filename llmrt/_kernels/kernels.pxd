@@ -75,6 +75,16 @@ cdef extern from "kernels.h" nogil:
     size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int f16)
     int lr_panels_f16_exact(const lr_qmat *w)
     void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out)
+    ctypedef struct lr_panel_src:
+        int64_t rows
+        const uint8_t *qs
+        int64_t row_stride
+        int64_t group_stride
+        const float *d
+        const float *m
+    void lr_pack_panel_srcs(const lr_panel_src *src, int nsrc, int64_t k, int bits, int group, int asym, int f16,
+                            uint8_t *out) noexcept nogil
+    int lr_panel_srcs_f16_exact(const lr_panel_src *src, int nsrc, int64_t ng, int bits, int asym) noexcept nogil
     void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m)
     void lr_panel_row(const lr_qmat *w, int64_t j, float *out)
     int lr_bf16_hw_available()

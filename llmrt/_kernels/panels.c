@@ -18,11 +18,35 @@ size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int
 
 static int f16_exact(float v) { return lr_f16_to_f32(lr_f32_to_f16(v)) == v; }
 
+/* The offset of a row whose source has none, in panels that carry offsets (the symmetric levels'
+ * implicit zero point: int4 u - 8, int8 signed as stored). */
+static float implicit_m(int bits, float d) { return bits == 4 ? -8.0f * d : 0.0f; }
+
+static int64_t total_rows(const lr_panel_src *src, int nsrc) {
+    int64_t n = 0;
+    for (int s = 0; s < nsrc; s++) n += src[s].rows;
+    return n;
+}
+
+int lr_panel_srcs_f16_exact(const lr_panel_src *src, int nsrc, int64_t ng, int bits, int asym) {
+    int exact = 1;
+    for (int s = 0; s < nsrc && exact; s++) {
+        const int64_t cnt = src[s].rows * ng;
+        const float *d = src[s].d, *m = src[s].m;
+        int ok = 1;
+#if defined(_OPENMP)
+#pragma omp parallel for reduction(&& : ok) schedule(static)
+#endif
+        for (int64_t i = 0; i < cnt; i++)
+            ok = ok && f16_exact(d[i]) && (!asym || f16_exact(m ? m[i] : implicit_m(bits, d[i])));
+        exact = ok;
+    }
+    return exact;
+}
+
 int lr_panels_f16_exact(const lr_qmat *w) {
-    const int64_t cnt = w->n * (w->k / w->group);
-    for (int64_t i = 0; i < cnt; i++)
-        if (!f16_exact(w->d[i]) || (w->m && !f16_exact(w->m[i]))) return 0;
-    return 1;
+    const lr_panel_src src = {w->n, w->qs, w->k * w->bits / 8, (int64_t)w->group * w->bits / 8, w->d, w->m};
+    return lr_panel_srcs_f16_exact(&src, 1, w->k / w->group, w->bits, w->m != NULL);
 }
 
 static void put_scale(uint8_t *p, int i, float v, int f16) {
@@ -45,31 +69,53 @@ static float get_scale(const uint8_t *p, int i, int f16) {
     return v;
 }
 
-void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out) {
-    const int64_t n = w->n, k = w->k, ng = k / w->group, bpg = w->group / LR_QK;
-    const int64_t np = (n + LR_PANEL - 1) / LR_PANEL, row_bytes = k * w->bits / 8;
-    const int64_t bb = block_bytes(w->bits), qb = LR_QK * w->bits / 8, gb = lr_panel_group_bytes(w->bits, w->group, w->m != NULL, f16);
+/* Row i of panel p from source row r of src (every group of it). */
+static void pack_row(const lr_panel_src *src, int64_t r, uint8_t *panel, int i, int64_t ng, int bits, int group,
+                     int asym, int f16) {
+    const int64_t bpg = group / LR_QK, bb = block_bytes(bits), words = LR_QK * bits / 32;
+    const int64_t gb = lr_panel_group_bytes(bits, group, asym, f16);
     const int ss = f16 ? 2 : 4;
-    memset(out, 0, lr_panels_nbytes(n, k, w->bits, w->group, w->m != NULL, f16));
-    for (int64_t p = 0; p < np; p++)
-        for (int64_t g = 0; g < ng; g++) {
-            uint8_t *gp = out + (p * ng + g) * gb;
-            for (int i = 0; i < LR_PANEL; i++) {
-                const int64_t j = p * LR_PANEL + i;
-                if (j >= n) break;
-                for (int64_t bi = 0; bi < bpg; bi++) {
-                    const uint8_t *src = w->qs + j * row_bytes + (g * bpg + bi) * qb;
-                    uint8_t *blk = gp + bi * bb;
-                    for (int64_t v = 0; v < qb / 4; v++)
-                        for (int t = 0; t < 4; t++) {
-                            const uint8_t byte = src[4 * v + t];
-                            blk[v * 64 + 4 * i + t] = w->bits == 8 ? (uint8_t)(byte ^ 0x80u) : byte;
-                        }
-                }
-                put_scale(gp + bpg * bb, i, w->d[j * ng + g], f16);
-                if (w->m) put_scale(gp + bpg * bb + LR_PANEL * ss, i, w->m[j * ng + g], f16);
+    /* int8 panels hold q + 128: flip the sign bit of each byte of a word */
+    const uint32_t flip = bits == 8 ? 0x80808080u : 0u;
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *from = src->qs + r * src->row_stride + g * src->group_stride;
+        uint8_t *gp = panel + g * gb;
+        for (int64_t bi = 0; bi < bpg; bi++)
+            for (int64_t v = 0; v < words; v++) {
+                uint32_t word;
+                memcpy(&word, from + (bi * words + v) * 4, 4);
+                word ^= flip;
+                memcpy(gp + bi * bb + v * 64 + 4 * i, &word, 4);
             }
+        const float d = src->d[r * ng + g];
+        put_scale(gp + bpg * bb, i, d, f16);
+        if (asym) put_scale(gp + bpg * bb + LR_PANEL * ss, i, src->m ? src->m[r * ng + g] : implicit_m(bits, d), f16);
+    }
+}
+
+void lr_pack_panel_srcs(const lr_panel_src *src, int nsrc, int64_t k, int bits, int group, int asym, int f16,
+                        uint8_t *out) {
+    const int64_t n = total_rows(src, nsrc), ng = k / group, np = (n + LR_PANEL - 1) / LR_PANEL;
+    const int64_t panel_bytes = ng * lr_panel_group_bytes(bits, group, asym, f16);
+    /* a panel per iteration: threads never share a cache line of the output */
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 4)
+#endif
+    for (int64_t p = 0; p < np; p++) {
+        uint8_t *panel = out + p * panel_bytes;
+        if ((p + 1) * LR_PANEL > n) memset(panel, 0, (size_t)panel_bytes);   /* rows past n stay zero */
+        int s = 0;
+        int64_t r = p * LR_PANEL;   /* a row of the concatenation, then of source s */
+        for (int i = 0; i < LR_PANEL && p * LR_PANEL + i < n; i++, r++) {
+            while (r >= src[s].rows) r -= src[s++].rows;   /* the next source (rows may be 0) */
+            pack_row(&src[s], r, panel, i, ng, bits, group, asym, f16);
         }
+    }
+}
+
+void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out) {
+    const lr_panel_src src = {w->n, w->qs, w->k * w->bits / 8, (int64_t)w->group * w->bits / 8, w->d, w->m};
+    lr_pack_panel_srcs(&src, 1, w->k, w->bits, w->group, w->m != NULL, f16, out);
 }
 
 void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m) {

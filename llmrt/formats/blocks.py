@@ -594,17 +594,25 @@ class QuantFormat:
 
     def to_kernel(self, blocks: np.ndarray) -> KernelWeights:
         """Blocks (n, nb) -> the kernels.h ``lr_qmat`` layout (copies; done once at load)."""
+        qs, d, m, g = self.kernel_view(blocks)
+        n = qs.shape[0]
+        return KernelWeights(np.ascontiguousarray(qs).reshape(n, -1), d, m, self.bits, g)
+
+    def kernel_view(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+        """Blocks (n, nb) -> (qs, d, m, group) of the ``lr_qmat`` layout with qs a uint8 view
+        (n, nb, group bytes) into the records where the bytes need no change (what
+        ``Linear.from_parts`` packs from); d and m are float32 copies."""
         if not isinstance(blocks, np.ndarray) or blocks.ndim != 2:
             raise ValueError(f"to_kernel needs a 2-D block array (n, k//group), got "
                              f"{getattr(blocks, 'shape', type(blocks).__name__)}")
         k = self.row_len(blocks)
         g = self.block_len(k)
         n = blocks.shape[0]
-        qs = np.ascontiguousarray(blocks["qs"]).reshape(n, k * self.bits // 8)
+        qs = blocks["qs"].reshape(n, k // g, g * self.bits // 8).view(np.uint8)
         if self.is_gguf:
             d = np.ascontiguousarray(blocks["d"], dtype=np.float32)
             m = np.ascontiguousarray(blocks["m"], dtype=np.float32) if self.weight_dtype == "q4_1" else None
-            return KernelWeights(qs.view(np.uint8), d, m, self.bits, g)
+            return qs, d, m, g
         d = np.ascontiguousarray(_decode_scale(blocks["scale"], self.scale_dtype), dtype=np.float32)
         m = None
         if self.asym:
@@ -614,4 +622,4 @@ class QuantFormat:
                 # w = d*u + min = d*q + (min + 128*d)
                 qs = qs ^ np.uint8(0x80)
                 m = m + np.float32(128) * d
-        return KernelWeights(np.ascontiguousarray(qs.view(np.uint8)), d, m, self.bits, g)
+        return qs, d, m, g
