@@ -9,7 +9,9 @@
  *   maddubs           the instruction alone (its pipes' peak)
  *   maddubs+add16     what the AVX2 int4 panel kernel issues per weight vector and row: a product and an
  *                     int16 accumulation (products summed in int16, widened once per block)
- *   maddubs+madd+add32  what the AVX2 int8 kernel issues (int16 sums would overflow: widened at once)
+ *   maddubs+madd+add32  the AVX2 int8 step's arithmetic (int16 sums would overflow: widened at once)
+ *   sign+maddubs+madd+add32  the whole AVX2 int8 step: the activation takes the weight's sign (maddubs
+ *                     multiplies unsigned by signed bytes; int8 weights are signed)
  *   dpbusd            AVX-VNNI's fused u8 x s8 -> int32 (with -DWITH_VNNI) */
 #include <immintrin.h>
 #include <stdint.h>
@@ -80,6 +82,14 @@ static double run_maddubs_madd(void) {
     TIMED(MADDUBS_MADD);
 }
 
+static double run_sign_maddubs_madd(void) {
+    __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(2);
+    const __m256i ones = _mm256_set1_epi16(1);
+    DECL(_mm256_setzero_si256());
+#define SIGN_MADDUBS_MADD(c) c = _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(a, _mm256_sign_epi8(c, b)), ones))
+    TIMED(SIGN_MADDUBS_MADD);
+}
+
 #ifdef WITH_VNNI
 static double run_dpbusd(void) {
     __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(2);
@@ -93,6 +103,7 @@ int main(void) {
     printf("maddubs            %6.1f GMAC/s\n", best_of(run_maddubs));
     printf("maddubs+add16      %6.1f GMAC/s\n", best_of(run_maddubs_add16));
     printf("maddubs+madd+add32 %6.1f GMAC/s\n", best_of(run_maddubs_madd));
+    printf("sign+maddubs+madd+add32 %6.1f GMAC/s\n", best_of(run_sign_maddubs_madd));
 #ifdef WITH_VNNI
     printf("dpbusd             %6.1f GMAC/s\n", best_of(run_dpbusd));
 #endif
