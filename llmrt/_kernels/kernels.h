@@ -64,10 +64,6 @@ typedef struct lr_qmat {
 int64_t lr_panel_group_bytes(int bits, int group, int asym, int f16);
 /* Bytes of the panel form; its scales are fp16 when f16 != 0. */
 size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int f16);
-/* 1 when every d (and m) converts to fp16 and back unchanged. */
-int lr_panels_f16_exact(const lr_qmat *w);
-/* w (qs, d, m) -> out (lr_panels_nbytes bytes). */
-void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out);
 /* Rows of a matrix in the canonical layout whose groups may sit at strides (a view into stored block
  * records): row r's group g is group*bits/8 bytes at qs + r*row_stride + g*group_stride; d and m
  * (rows, k/group) contiguous, m NULL for none. */
@@ -81,6 +77,7 @@ typedef struct {
  * pass and on the OpenMP threads; with asym, a source without offsets gets its implicit ones. */
 void lr_pack_panel_srcs(const lr_panel_src *src, int nsrc, int64_t k, int bits, int group, int asym, int f16,
                         uint8_t *out);
+/* 1 when every d (and m, implicit ones included with asym) converts to fp16 and back unchanged. */
 int lr_panel_srcs_f16_exact(const lr_panel_src *src, int nsrc, int64_t ng, int bits, int asym);
 /* Row j of the panels dequantized (w = d*u + m as in the canonical form; j < n). */
 void lr_panel_row(const lr_qmat *w, int64_t j, float *out);

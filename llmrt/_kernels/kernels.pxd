@@ -73,8 +73,6 @@ cdef extern from "kernels.h" nogil:
     const lr_kernels *lr_tier_kernels(int tier)
     enum: LR_PANEL
     size_t lr_panels_nbytes(int64_t n, int64_t k, int bits, int group, int asym, int f16)
-    int lr_panels_f16_exact(const lr_qmat *w)
-    void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out)
     ctypedef struct lr_panel_src:
         int64_t rows
         const uint8_t *qs

@@ -44,11 +44,6 @@ int lr_panel_srcs_f16_exact(const lr_panel_src *src, int nsrc, int64_t ng, int b
     return exact;
 }
 
-int lr_panels_f16_exact(const lr_qmat *w) {
-    const lr_panel_src src = {w->n, w->qs, w->k * w->bits / 8, (int64_t)w->group * w->bits / 8, w->d, w->m};
-    return lr_panel_srcs_f16_exact(&src, 1, w->k / w->group, w->bits, w->m != NULL);
-}
-
 static void put_scale(uint8_t *p, int i, float v, int f16) {
     if (f16) {
         const uint16_t h = lr_f32_to_f16(v);
@@ -111,11 +106,6 @@ void lr_pack_panel_srcs(const lr_panel_src *src, int nsrc, int64_t k, int bits, 
             pack_row(&src[s], r, panel, i, ng, bits, group, asym, f16);
         }
     }
-}
-
-void lr_pack_panels(const lr_qmat *w, int f16, uint8_t *out) {
-    const lr_panel_src src = {w->n, w->qs, w->k * w->bits / 8, (int64_t)w->group * w->bits / 8, w->d, w->m};
-    lr_pack_panel_srcs(&src, 1, w->k, w->bits, w->group, w->m != NULL, f16, out);
 }
 
 void lr_unpack_panels(const lr_qmat *w, uint8_t *qs, float *d, float *m) {
