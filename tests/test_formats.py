@@ -248,6 +248,16 @@ def _kernel_dequant(kw: KernelWeights) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS, ids=str)
+def test_kernel_layout_of_a_matrix_without_rows(fmt):
+    """A shard may hold no rows of a matrix: its kernel layout and view are empty, not an error."""
+    blocks = fmt.quantize(np.zeros((0, 256), np.float32))
+    kw = fmt.to_kernel(blocks)
+    assert kw.qs.shape == (0, 256 * fmt.bits // 8) and kw.d.shape[0] == 0
+    qs, d, m, group = fmt.kernel_view(blocks)
+    assert qs.shape == (0, 256 // group, group * fmt.bits // 8) and d.shape == (0, 256 // group)
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS, ids=str)
 def test_to_kernel_layout_dequantizes_like_the_blocks(fmt):
     k = 256
     w = _weights(40, k, seed=10)

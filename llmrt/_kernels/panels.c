@@ -142,7 +142,7 @@ void lr_panel_row(const lr_qmat *w, int64_t j, float *out) {
     for (int64_t g = 0; g < ng; g++) {
         const uint8_t *gp = pp + g * gb;
         const float d = get_scale(gp + bpg * bb, i, f16);
-        const float m = w->panel_m ? get_scale(gp + bpg * bb + LR_PANEL * ss, i, f16) : (w->bits == 4 ? -8.0f * d : 0.0f);
+        const float m = w->panel_m ? get_scale(gp + bpg * bb + LR_PANEL * ss, i, f16) : implicit_m(w->bits, d);
         for (int64_t bi = 0; bi < bpg; bi++) {
             const uint8_t *blk = gp + bi * bb;
             float *o = out + (g * bpg + bi) * LR_QK;

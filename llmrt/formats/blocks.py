@@ -595,8 +595,8 @@ class QuantFormat:
     def to_kernel(self, blocks: np.ndarray) -> KernelWeights:
         """Blocks (n, nb) -> the kernels.h ``lr_qmat`` layout (copies; done once at load)."""
         qs, d, m, g = self.kernel_view(blocks)
-        n = qs.shape[0]
-        return KernelWeights(np.ascontiguousarray(qs).reshape(n, -1), d, m, self.bits, g)
+        n, ng, gbytes = qs.shape
+        return KernelWeights(np.ascontiguousarray(qs).reshape(n, ng * gbytes), d, m, self.bits, g)
 
     def kernel_view(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
         """Blocks (n, nb) -> (qs, d, m, group) of the ``lr_qmat`` layout with qs a uint8 view
