@@ -4,6 +4,9 @@
  *
  *   gcc -O2 -mavx2 -mfma benchmarks/int8_ceiling256.c -o /tmp/ceil256 && /tmp/ceil256
  *   gcc -O2 -mavx2 -mfma -mavxvnni -DWITH_VNNI benchmarks/int8_ceiling256.c -o /tmp/ceil256 && /tmp/ceil256
+ *   gcc -O2 -mavx2 -mfma -mavx512vnni -mavx512vl -DWITH_VNNI_EVEX benchmarks/int8_ceiling256.c -o /tmp/ceil256
+ *     (AVX512-VNNI CPUs without AVX-VNNI, e.g. AMD Zen 4: the same ymm dpbusd, EVEX-encoded, as llmrt's
+ *     avx_vnni tier runs there)
  *
  * Lines:
  *   maddubs           the instruction alone (its pipes' peak)
@@ -12,7 +15,7 @@
  *   maddubs+madd+add32  the AVX2 int8 step's arithmetic (int16 sums would overflow: widened at once)
  *   sign+maddubs+madd+add32  the whole AVX2 int8 step: the activation takes the weight's sign (maddubs
  *                     multiplies unsigned by signed bytes; int8 weights are signed)
- *   dpbusd            AVX-VNNI's fused u8 x s8 -> int32 (with -DWITH_VNNI) */
+ *   dpbusd            AVX-VNNI's fused u8 x s8 -> int32 (with -DWITH_VNNI or -DWITH_VNNI_EVEX) */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -90,11 +93,15 @@ static double run_sign_maddubs_madd(void) {
     TIMED(SIGN_MADDUBS_MADD);
 }
 
-#ifdef WITH_VNNI
+#if defined(WITH_VNNI) || defined(WITH_VNNI_EVEX)
 static double run_dpbusd(void) {
     __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(2);
     DECL(_mm256_setzero_si256());
+#ifdef WITH_VNNI_EVEX
+#define DPBUSD(c) c = _mm256_dpbusd_epi32(c, a, c)
+#else
 #define DPBUSD(c) c = _mm256_dpbusd_avx_epi32(c, a, c)
+#endif
     TIMED(DPBUSD);
 }
 #endif
@@ -104,7 +111,7 @@ int main(void) {
     printf("maddubs+add16      %6.1f GMAC/s\n", best_of(run_maddubs_add16));
     printf("maddubs+madd+add32 %6.1f GMAC/s\n", best_of(run_maddubs_madd));
     printf("sign+maddubs+madd+add32 %6.1f GMAC/s\n", best_of(run_sign_maddubs_madd));
-#ifdef WITH_VNNI
+#if defined(WITH_VNNI) || defined(WITH_VNNI_EVEX)
     printf("dpbusd             %6.1f GMAC/s\n", best_of(run_dpbusd));
 #endif
     return 0;
