@@ -105,7 +105,7 @@ def main() -> int:
     ap.add_argument("--llamacpp-python", default=str(default_llamacpp_python()),
                     help="python of the venv holding llama-cpp-python (default: venv-lcpp-noamx if built, else venv-lcpp)")
     ap.add_argument("--llamacpp-lib", default=None,
-                    help="directory of llama.cpp shared libraries built for one tier (sets LLAMA_CPP_LIB_PATH for "
+                    help="directory of llama.cpp shared libraries built for one tier (build_llamacpp_tier.py; sets LLAMA_CPP_LIB_PATH for "
                          "llama-cpp-python); force llmrt's tier with LLMRT_ISA")
     a = ap.parse_args()
     if a.llamacpp_lib:
