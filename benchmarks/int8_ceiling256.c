@@ -6,7 +6,8 @@
  *   gcc -O2 -mavx2 -mfma -mavxvnni -DWITH_VNNI benchmarks/int8_ceiling256.c -o /tmp/ceil256 && /tmp/ceil256
  *   gcc -O2 -mavx2 -mfma -mavx512vnni -mavx512vl -DWITH_VNNI_EVEX benchmarks/int8_ceiling256.c -o /tmp/ceil256
  *     (AVX512-VNNI CPUs without AVX-VNNI, e.g. AMD Zen 4: the same ymm dpbusd, EVEX-encoded, as llmrt's
- *     avx_vnni tier runs there)
+ *     avx_vnni tier runs there; with AVX512-VL the compiler may keep chains in ymm16-31, so read the other
+ *     lines from the plain AVX2 build)
  *
  * Lines:
  *   maddubs           the instruction alone (its pipes' peak)
