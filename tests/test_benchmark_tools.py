@@ -1,11 +1,14 @@
-"""benchmarks/build_llamacpp_tier.py's check of a llama.cpp build: the tier comparison is only fair when the
-peer library has exactly the tier's instructions, so the check must catch each way a build can be wrong."""
+"""The benchmark tools that decide what is measured: build_llamacpp_tier.py's check of a llama.cpp build (the tier
+comparison is only fair when the peer library has exactly the tier's instructions, so the check must catch each
+way a build can be wrong) and tile_sweep.py (its candidate tiles must compute what the shipped ones do)."""
 import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from llmrt._kernels import _ops
 
 from test_build_tiers import compiler
 
@@ -22,12 +25,16 @@ KERNELS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("build_llamacpp_tier", ROOT / "benchmarks" / "build_llamacpp_tier.py")
+def benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return benchmark_module("build_llamacpp_tier")
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +67,37 @@ def test_a_build_with_the_tiers_instructions_passes(tool, objects, target, fits)
 def test_a_build_with_other_instructions_is_named(tool, objects, target, wrong, problem):
     problems = tool.check_build(objects[wrong], target)
     assert any(problem in p for p in problems), problems
+
+
+# ---- tile_sweep.py
+
+def test_tile_sweep_candidates_compute_what_the_shipped_kernels_do(monkeypatch):
+    """The candidate tiles (the AVX-VNNI int4 nibble split among them) are built and run for real on the best
+    256-bit tier this CPU has, on shapes with partial panels and partial row tiles."""
+    sweep = benchmark_module("tile_sweep")
+    monkeypatch.setenv("CC", compiler()[0])
+    tiers = _ops.supported_tiers()
+    if "avx_vnni" in tiers:
+        tier, chosen = "avx_vnni", {("avx_vnni", 4): [{"RB": 8, "NSB": 1, "SPLIT": 1}],
+                                    ("avx_vnni", 8): [{"RB": 4, "NSB": 2}]}
+    elif "avx2" in tiers:
+        tier, chosen = "avx2", {("avx2", 4): [{"RB": 6, "NSB": 1}], ("avx2", 8): [{"RB": 2, "NSB": 2}]}
+    else:
+        pytest.skip("this CPU runs no 256-bit tier")
+    monkeypatch.setattr(sweep, "CANDIDATES", chosen)
+    assert sweep.main([tier, "--rows", "21", "--shapes", "40x256", "72x512", "--seconds", "0", "--rounds", "1"]) == 0
+
+
+def test_tile_sweep_names_a_candidate_that_computes_otherwise(monkeypatch, capsys):
+    sweep = benchmark_module("tile_sweep")
+    monkeypatch.setattr(sweep, "tier_unit", lambda tier: ("avx2", []))
+    monkeypatch.setattr(sweep, "compile_common", lambda cc, work, unit: [])
+    monkeypatch.setattr(sweep, "build", lambda cc, work, name, *rest: work / name)
+    # the second candidate (b4_2) computes something else on one shape
+    monkeypatch.setattr(sweep, "run", lambda exe, tier, rows, n, k, *rest:
+                        (10.0, "0badc0de" if exe.name == "b4_2" and n == 72 else "12345678"))
+    assert sweep.main(["avx2", "--bits", "4", "--shapes", "40x256", "72x512", "--rounds", "2"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    differing = [line for line in out if "DIFFERS" in line]
+    assert len(differing) == 1 and differing[0].startswith(sweep.candidate_name(sweep.CANDIDATES[("avx2", 4)][1]))
+    assert differing[0].endswith("DIFFERS from shipped on 72x512")

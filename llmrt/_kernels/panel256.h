@@ -5,7 +5,8 @@
  * with more rows a tile covers one slot and PN_RB rows (see PN_RB).
  *
  * AVX-VNNI (dpbusd): as the 512-bit kernel, int4 low nibbles and in-place high nibbles (16 u) in
- * two accumulators, int8 as stored (q + 128) against the -128 * sum_a start.
+ * two accumulators (PN_VNNI_INT4_SPLIT: both nibbles 0..15, one accumulator), int8 as stored (q + 128)
+ * against the -128 * sum_a start.
  * AVX2 (maddubs, u8 x s8 -> int16 pair sums, saturating):
  *   int4: nibbles 0..15 (the high ones shifted down) x |x| <= 127: a pair sum is at most
  *         2 * 15 * 127 = 3810, and the 8 products of a block (4 dwords x 2 nibbles) at most 30480,
@@ -26,8 +27,26 @@
  * AVX2 one slot x 8 rows (Zen 4: int4 112 against 100 for 4 rows, int8 62 against 59 for 2 slots x 2
  * rows: a weight vector's nibble split or |q| serves more rows, and the float sums the compiler keeps
  * in memory cost loads and stores, not vector ALU slots) */
-#define PN_RB(BITS) ((BITS) == 8 && LR_VNNI ? 2 : (LR_VNNI ? 4 : 8))
-#define PN_NSB(BITS) ((BITS) == 8 && LR_VNNI ? 2 : 1)
+#ifndef PN_RB4
+#define PN_RB4 (LR_VNNI ? 4 : 8)
+#endif
+#ifndef PN_NSB4
+#define PN_NSB4 1
+#endif
+#ifndef PN_RB8
+#define PN_RB8 (LR_VNNI ? 2 : 8)
+#endif
+#ifndef PN_NSB8
+#define PN_NSB8 (LR_VNNI ? 2 : 1)
+#endif
+/* AVX-VNNI int4, 1: the high nibbles shifted down as on AVX2 and one accumulator per row instead of two
+ * (on the EVEX stand-in, Zen 4: 8 rows 120 GMAC/s against 110 for the shipped 4 rows x two accumulators;
+ * not measured on an AVX-VNNI core).  These macros are the candidates benchmarks/tile_sweep.py times. */
+#ifndef PN_VNNI_INT4_SPLIT
+#define PN_VNNI_INT4_SPLIT 0
+#endif
+#define PN_RB(BITS) ((BITS) == 8 ? PN_RB8 : PN_RB4)
+#define PN_NSB(BITS) ((BITS) == 8 ? PN_NSB8 : PN_NSB4)
 #ifndef PN_ACCG
 #define PN_ACCG 0
 #endif
@@ -38,12 +57,16 @@
 typedef __m256i pn_vi;
 typedef __m256 pn_vf;
 typedef struct { __m256i lo, hi; } pn_w4;
-#if LR_VNNI
+#define PN_INT4_IN_PLACE (LR_VNNI && !PN_VNNI_INT4_SPLIT)   /* high nibbles kept in place (16 u) */
+#if PN_INT4_IN_PLACE
 typedef struct { __m256i l, h; } pn_a4;
+#else
+typedef __m256i pn_a4;               /* int32 block sums (VNNI), or int16 sums of maddubs products */
+#endif
+#if LR_VNNI
 typedef __m256i pn_w8;
 typedef struct { __m256i i0, i1; } pn_a8;
 #else
-typedef __m256i pn_a4;               /* int16 sums of the block's maddubs products */
 typedef struct { __m256i u, q; } pn_w8;   /* |q| and q */
 typedef __m256i pn_a8;
 #endif
@@ -75,7 +98,7 @@ LR_INLINE pn_vf pn_load_out(const float *y, int n) {
     return n == PN_LANES ? _mm256_loadu_ps(y) : _mm256_maskload_ps(y, pn_lanes_below(n));
 }
 
-#if LR_VNNI
+#if PN_INT4_IN_PLACE
 LR_INLINE pn_w4 pn_prep4(pn_vi v) {
     pn_w4 w = {_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), _mm256_and_si256(v, _mm256_set1_epi8((char)0xf0))};
     return w;
@@ -93,6 +116,40 @@ LR_INLINE pn_vi pn_a4_end(pn_a4 a, pn_vi init) {
     (void)init;
     return _mm256_add_epi32(a.l, _mm256_srai_epi32(a.h, 4));
 }
+#else
+LR_INLINE pn_w4 pn_prep4(pn_vi v) {   /* both nibbles as 0..15 */
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    pn_w4 w = {_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16(v, 4), m)};
+    return w;
+}
+#if LR_VNNI
+LR_INLINE pn_a4 pn_a4_init(pn_vi init) { return init; }
+LR_INLINE pn_a4 pn_a4_step(pn_a4 a, pn_w4 w, pn_vi xl, pn_vi xh) {
+    return lr_dpbusd256(lr_dpbusd256(a, w.lo, xl), w.hi, xh);
+}
+LR_INLINE pn_vi pn_a4_end(pn_a4 a, pn_vi init) {
+    (void)init;
+    return a;
+}
+#else
+LR_INLINE pn_a4 pn_a4_init(pn_vi init) {
+    (void)init;
+    return _mm256_setzero_si256();
+}
+LR_INLINE pn_a4 pn_a4_step(pn_a4 a, pn_w4 w, pn_vi xl, pn_vi xh) {
+    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(w.lo, xl));
+    LR_PIN(a);
+    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(w.hi, xh));
+    LR_PIN(a);
+    return a;
+}
+LR_INLINE pn_vi pn_a4_end(pn_a4 a, pn_vi init) {
+    return _mm256_add_epi32(_mm256_madd_epi16(a, _mm256_set1_epi16(1)), init);
+}
+#endif
+#endif
+
+#if LR_VNNI
 LR_INLINE pn_w8 pn_prep8(pn_vi v) { return v; }
 LR_INLINE pn_a8 pn_a8_init(pn_vi init) {
     pn_a8 a = {init, _mm256_setzero_si256()};
@@ -108,25 +165,6 @@ LR_INLINE pn_vi pn_a8_end(pn_a8 a, pn_vi init) {
     return _mm256_add_epi32(a.i0, a.i1);
 }
 #else
-LR_INLINE pn_w4 pn_prep4(pn_vi v) {
-    const __m256i m = _mm256_set1_epi8(0x0f);
-    pn_w4 w = {_mm256_and_si256(v, m), _mm256_and_si256(_mm256_srli_epi16(v, 4), m)};
-    return w;
-}
-LR_INLINE pn_a4 pn_a4_init(pn_vi init) {
-    (void)init;
-    return _mm256_setzero_si256();
-}
-LR_INLINE pn_a4 pn_a4_step(pn_a4 a, pn_w4 w, pn_vi xl, pn_vi xh) {
-    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(w.lo, xl));
-    LR_PIN(a);
-    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(w.hi, xh));
-    LR_PIN(a);
-    return a;
-}
-LR_INLINE pn_vi pn_a4_end(pn_a4 a, pn_vi init) {
-    return _mm256_add_epi32(_mm256_madd_epi16(a, _mm256_set1_epi16(1)), init);
-}
 LR_INLINE pn_w8 pn_prep8(pn_vi v) {
     const __m256i q = _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
     pn_w8 w = {_mm256_abs_epi8(q), q};
