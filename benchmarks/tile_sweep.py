@@ -12,8 +12,8 @@ shipped kernels do (the shipped ones are tested against NumPy by the test suite)
 On a CPU with AVX512-VNNI but no AVX-VNNI, `avx_vnni` runs its EVEX-encoded build, whose loads and ports differ
 from a real AVX-VNNI core: read those figures as the stand-in's. Needs gcc (or cc) with OpenMP and llmrt
 installed (for the CPU's features); builds in a temporary folder, 10-40 s of compiling per candidate on all
-cores; times on one thread by default (GMAC/s of one core, comparable with
-`int8_ceiling256.c`). Exits 1 when a candidate's output differs from the shipped kernels'.
+cores; times on one thread by default (GMAC/s of one core, comparable with `int8_ceiling256.c`). Exits 1 when a
+candidate's output differs from the shipped kernels'.
 """
 from __future__ import annotations
 
@@ -33,13 +33,13 @@ HARNESS = Path(__file__).resolve().parent / "tile_sweep.c"
 TIER_IDS = {"avx2": 1, "avx_vnni": 3}       # lr_tier order in kernels.h
 AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
 COMMON = ["dispatch.c", "ref.c", "panels.c", "scratch.c"]
-CFLAGS = ["-O3", "-std=gnu11", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-DNDEBUG"]
+CFLAGS = ["-std=gnu11", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-DNDEBUG"]
 # (n, k) of the 1.1B model's prefill GEMMs: fused QKV, output projection, fused gate-up, down projection
 SHAPES = [(2560, 2048), (2048, 2048), (11264, 2048), (2048, 5632)]
 
-# Candidates per tier and weight bits: PN_RB<bits> activation rows and PN_NSB<bits> weight slots (of 8 rows)
-# per tile (the shipped shape is the first line of each table); PN_VNNI_INT4_SPLIT=1 gives AVX-VNNI int4 AVX2's nibble split and one accumulator per row. Both RB
-# macros get the candidate's rows, so the packed activation bands hold whole tiles of it.
+# Candidates per tier and weight bits besides the shipped shape: PN_RB<bits> activation rows and PN_NSB<bits>
+# weight slots (of 8 rows) per tile; SPLIT (PN_VNNI_INT4_SPLIT=1) gives AVX-VNNI int4 AVX2's nibble split and one
+# accumulator per row. Both RB macros get the candidate's rows, so the packed activation bands hold whole tiles.
 CANDIDATES = {
     ("avx2", 4): [{"RB": 4, "NSB": 1}, {"RB": 6, "NSB": 1}, {"RB": 4, "NSB": 2}],
     ("avx2", 8): [{"RB": 4, "NSB": 1}, {"RB": 6, "NSB": 1}, {"RB": 2, "NSB": 2}],
@@ -82,29 +82,42 @@ def tier_unit(tier: str) -> tuple[str, list[str]]:
     return ("avx_vnni", AVX2_FLAGS + ["-mavxvnni"]) if _ops.avx_vnni_encoding() == "vex" else ("avx_vnni_evex", AVX2_FLAGS)
 
 
-def compile_common(cc: str, work: Path, unit: str) -> list[Path]:
+def common_sources(unit: str) -> list[tuple[Path, list[str]]]:
     """dispatch.c and the tier-independent sources, with only `unit` compiled in (besides ref; the EVEX build
     of avx_vnni is dispatched through the VEX one's tier, so that one is linked in as shipped)."""
     haves = [f"-DLR_HAVE_{unit.upper()}"] + (["-DLR_HAVE_AVX_VNNI"] if unit == "avx_vnni_evex" else [])
-    jobs = [([*haves], KERNELS / src) for src in COMMON]
+    sources = [(KERNELS / src, haves) for src in COMMON]
     if unit == "avx_vnni_evex":
-        jobs.append((AVX2_FLAGS + ["-mavxvnni"], KERNELS / "avx_vnni.c"))
-    objs = [work / f"{src.name}.o" for _, src in jobs]
-    for (flags, src), obj in zip(jobs, objs):
-        subprocess.run([cc, *CFLAGS, *flags, f"-I{KERNELS}", "-c", str(src), "-o", str(obj)], check=True)
-    return objs
+        sources.append((KERNELS / "avx_vnni.c", AVX2_FLAGS + ["-mavxvnni"]))
+    return sources
 
 
-def build(cc: str, work: Path, name: str, defines: list[str], common: list[Path], unit: str, flags: list[str]) -> Path:
-    """The harness linked against `unit` compiled with `defines`."""
-    out = work / name
-    out.mkdir()
-    obj, exe = out / f"{unit}.o", out / "tile_sweep"
-    subprocess.run([cc, *CFLAGS, *flags, *defines, f"-I{KERNELS}", "-c", str(KERNELS / f"{unit}.c"), "-o", str(obj)],
-                   check=True)
-    subprocess.run([cc, *CFLAGS, f"-I{KERNELS}", str(HARNESS), str(obj), *map(str, common), "-lm", "-o", str(exe)],
-                   check=True)
-    return exe
+def compile_c(cc: str, src: Path, obj: Path, flags: list[str]) -> Path:
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([cc, *CFLAGS, *flags, f"-I{KERNELS}", "-c", str(src), "-o", str(obj)], check=True)
+    return obj
+
+
+def build_all(cc: str, work: Path, unit: str, flags: list[str], variants: dict, opt: str = "-O3") -> dict:
+    """One harness per variant (key -> extra defines), linked against `unit` compiled with the variant's
+    defines; every object compiled at once on all cores (compiling takes longer than timing)."""
+    flags = [opt, *flags]
+    common = [(src, work / f"{src.name}.o", [opt, *f]) for src, f in common_sources(unit)]
+    objs = {key: work / f"v{n}" / f"{unit}.o" for n, key in enumerate(variants)}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        jobs = [pool.submit(compile_c, cc, src, obj, f) for src, obj, f in common]
+        jobs += [pool.submit(compile_c, cc, KERNELS / f"{unit}.c", objs[key], flags + defines)
+                 for key, defines in variants.items()]
+        for job in jobs:
+            job.result()
+
+    def link(key):
+        exe = objs[key].parent / "tile_sweep"
+        subprocess.run([cc, *CFLAGS, opt, f"-I{KERNELS}", str(HARNESS), str(objs[key]), *(str(o) for _, o, _ in common),
+                        "-lm", "-o", str(exe)], check=True)
+        return exe
+
+    return {key: link(key) for key in variants}
 
 
 def run(exe: Path, tier: str, rows: int, n: int, k: int, bits: int, threads: int, seconds: float) -> tuple[float, str]:
@@ -126,26 +139,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=0.5, help="timing per candidate, shape and round (best call)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--opt", choices=("1", "2", "3"), default="3",
+                    help="-O level of every build (the library's is 3; 1 checks the candidates' results in half the "
+                         "compiling time, its speeds mean nothing)")
     ap.add_argument("--shapes", nargs="+", metavar="NxK", help="matrix shapes (default: the 1.1B model's)")
     args = ap.parse_args(argv)
-    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes] if args.shapes else SHAPES
-    bad = [f"{n}x{k}" for n, k in shapes if n < 1 or k < 32 or k % 32]
-    if bad:
-        ap.error(f"shapes need N >= 1 and K a multiple of 32: {', '.join(bad)}")
+    shapes = SHAPES
+    if args.shapes:
+        parsed = [re.fullmatch(r"(\d+)x(\d+)", s.lower()) for s in args.shapes]
+        shapes = [(int(m.group(1)), int(m.group(2))) for m in parsed if m]
+        if len(shapes) < len(parsed) or any(n < 1 or k < 32 or k % 32 for n, k in shapes):
+            ap.error(f"shapes are NxK with N >= 1 and K a positive multiple of 32, got: {' '.join(args.shapes)}")
+    if args.rows < 1 or args.threads < 1 or args.rounds < 1 or args.seconds < 0:
+        ap.error("--rows, --threads and --rounds must be at least 1, --seconds not negative")
 
     cc = compiler()
     unit, flags = tier_unit(args.tier)
     failed = False
     with tempfile.TemporaryDirectory(prefix="llmrt-tiles-") as tmp:
         work = Path(tmp)
-        common = compile_common(cc, work, unit)
         builds = {(bits, i): cand for bits in args.bits for i, cand in enumerate([None, *CANDIDATES[(args.tier, bits)]])}
-        jobs = {key: candidate_defines(cand, key[0]) for key, cand in builds.items()}
-        jobs = {key: d for key, d in jobs.items() if d or key == (args.bits[0], 0)}   # one shipped build
-        print(f"building {len(jobs)} variants of {unit}.c ...", file=sys.stderr)
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:   # compiling takes longer than timing
-            exes = dict(zip(jobs, pool.map(lambda kv: build(cc, work, f"b{kv[0][0]}_{kv[0][1]}", kv[1], common, unit,
-                                                             flags), jobs.items())))
+        variants = {key: candidate_defines(cand, key[0]) for key, cand in builds.items()}
+        variants = {key: d for key, d in variants.items() if d or key == (args.bits[0], 0)}   # one shipped build
+        print(f"building {len(variants)} variants of {unit}.c ...", file=sys.stderr)
+        exes = build_all(cc, work, unit, flags, variants, f"-O{args.opt}")
         shipped = exes[(args.bits[0], 0)]
         for bits in args.bits:
             print(f"\n{args.tier} ({unit}.c) int{bits}, {args.rows} rows, {args.threads} thread(s): best GMAC/s of "

@@ -40,7 +40,7 @@
 #define PN_NSB8 (LR_VNNI ? 2 : 1)
 #endif
 /* AVX-VNNI int4, 1: the high nibbles shifted down as on AVX2 and one accumulator per row instead of two
- * (on the EVEX stand-in, Zen 4: 8 rows 120 GMAC/s against 110 for the shipped 4 rows x two accumulators;
+ * (on the EVEX stand-in, Zen 4, with both slots x 2 rows: 113 GMAC/s against 101 for the shipped tile;
  * not measured on an AVX-VNNI core).  These macros are the candidates benchmarks/tile_sweep.py times. */
 #ifndef PN_VNNI_INT4_SPLIT
 #define PN_VNNI_INT4_SPLIT 0
