@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
         asum[b] = s;
         ad[b] = 0.01f * (float)(1 + next_random(&state) % 16);
     }
-    const lr_qact a = {rows, k, aq, ad, asum};
+    const lr_qact a = {rows, k, aq, ad, asum, rows};
     float *y = alloc_or_die((size_t)(rows * n) * sizeof(float));
 
     kern->qgemm_i8_panels(&w, &a, y, n);   /* warm-up, and the output that is summed */

@@ -248,9 +248,10 @@ class WeightOnlyQuantConfig:
         compute the head gets two-pass activations unless activation_precision is "int8")
     activation_precision: under int8 compute, how activations are rounded to int8 per 32 values:
         "int8"  one pass everywhere (fastest prefill);
-        "auto"  one pass, but the MLP down projection (whose input carries the outliers) gets two
-                passes, value + rounding residual (~15-bit), in one weight pass: halves the KL
-                divergence to fp32 on SmolLM2 for ~20% more integer work in prefill;
+        "auto"  one pass, but the MLP down projection (whose input carries the outliers) gets a
+                second pass, the rounding residual, in its blocks whose step is over 3x the row's
+                mean step (the blocks an outlier made coarse), in one weight pass: a third less
+                KL divergence to fp32 on SmolLM2 for ~4% more integer work in prefill;
         "high"  two passes on every layer: matches fp32 answers on small models; 2x the integer
                 work in prefill, the same weight traffic in decode
     """

@@ -324,6 +324,59 @@ def test_panel_kernels_rows_1_to_40(use_tier, tier, case):
     assert lin.layout == "panels"
 
 
+# Two-pass activations with a sparse residual: the value pass, then the rounding residual of only the
+# blocks whose step is over `above` times the row's mean step (zero elsewhere); the panel kernels visit
+# only the blocks some row of a tile keeps.  Rows 21 and 37 put a tile across the value/residual
+# boundary, 1 row runs the decode tiles; groups of 64 to 256 put several blocks in a scale group.
+SPARSE_CASES = [(47, 32, 21, 4, False, False), (47, 32, 40, 8, True, False), (40, 128, 21, 4, True, True),
+                (33, 256, 37, 8, False, True), (47, 64, 9, 4, False, False), (47, 32, 1, 4, True, False)]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("case", SPARSE_CASES, ids=lambda c: "n{}-g{}-r{}-q{}{}{}".format(
+    *c[:4], "-off" if c[4] else "", "-f16" if c[5] else ""))
+def test_two_pass_sparse_residual(use_tier, tier, case):
+    use_tier(tier)
+    n, group, rows, bits, has_m, f16 = case
+    k, above = 256, 3.0
+    nb = k // 32
+    qs, d, m, x = qcase(k, n, group, rows, bits, has_m)
+    if f16:
+        d = d.astype(np.float16).astype(F32)
+        m = None if m is None else m.astype(np.float16).astype(F32)
+    x = x.copy()
+    for r in range(rows):   # an outlier block in most rows, at a row-dependent place; rows 5-7 of 8 none
+        if r % 8 < 5:
+            b = (3 * r) % nb
+            x[r, 32 * b:32 * b + 32] *= 20.0
+    lin = _ops.Linear.quantized(qs, d, m, bits, group, compute="int8")
+    one_pass = lin(x)
+    lin.use_two_pass_activations(_ops.ActScratch(rows, k, n), above)
+    assert lin.act_passes == 2 and lin.residual_above == above
+    y = lin(x)
+
+    q1, d1, s1 = _ops.quantize_activations(x)
+    keep = d1 > above * d1.mean(axis=1, keepdims=True)
+    assert keep.any() and not keep.all(axis=1).any()
+    step = np.repeat(d1, 32, axis=1)
+    residual = np.where(np.repeat(keep, 32, axis=1), x - step * q1.astype(F32), F32(0.0)).astype(F32)
+    q2, d2, s2 = _ops.quantize_activations(residual)
+    ref1, mag1 = int8_ref(qs, d, m, bits, group, q1, d1, s1)
+    ref2, mag2 = int8_ref(qs, d, m, bits, group, q2, d2, s2)
+    assert_close(y, ref1 + ref2, mag1 + mag2, 1e-5)
+    # the residual is a real correction: closer to the unrounded activations' product than one pass
+    exact = x.astype(np.float64) @ dequant(qs, d, m, bits, group).astype(np.float64).T
+    assert np.abs(y - exact).mean() < 0.5 * np.abs(one_pass - exact).mean()
+
+
+def test_two_pass_rejects_negative_threshold():
+    qs, d, m, _ = qcase(64, 4, 32, 1, 4, False)
+    lin = _ops.Linear.quantized(qs, d, m, 4, 32, compute="int8")
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="residual_above"):
+            lin.use_two_pass_activations(_ops.ActScratch(4, 64, 4), bad)
+
+
 @pytest.mark.parametrize("tier", TIERS)
 def test_quantized_gemm_bias_and_1d(use_tier, tier):
     use_tier(tier)

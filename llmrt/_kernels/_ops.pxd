@@ -36,6 +36,7 @@ cdef class Linear:
     cdef const float *bias_ptr
     cdef readonly dict arrays
     cdef readonly int act_passes
+    cdef readonly float residual_above
     cdef ActScratch scratch
     cdef void apply(self, const float *x, int64_t ldx, int64_t rows, float *y, int64_t ldy,
                     int8_t *aq, float *ad, int32_t *asum) noexcept nogil

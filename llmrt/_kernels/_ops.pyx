@@ -189,6 +189,7 @@ cdef class Linear:
 
     def __cinit__(self):
         self.act_passes = 1
+        self.residual_above = 0.0
         self.scratch = None
         self.arrays = {}
         self.bias_ptr = NULL
@@ -375,10 +376,17 @@ cdef class Linear:
         self.arrays["bias"] = b
         self.bias_ptr = <const float *> cnp.PyArray_DATA(b)
 
-    def use_two_pass_activations(self, ActScratch scratch):
+    def use_two_pass_activations(self, ActScratch scratch, float residual_above=0.0):
         """Under int8 compute, quantize the input twice (value, then the rounding residual) and run
         both through one weight pass: ~15-bit activations for layers whose inputs have outliers
-        (the MLP down projection), at the cost of twice the integer dot products."""
+        (the MLP down projection).
+
+        residual_above = t > 0: only the blocks of 32 inputs whose first-pass step is over t times
+        the row's mean step get the residual (the blocks an outlier made coarse); the other residual
+        blocks are zero and the panel kernels skip them where a whole tile of rows has none, so the
+        second pass costs a fraction of the first.  0: every block (twice the integer work)."""
+        if not residual_above >= 0.0:
+            raise ValueError(f"residual_above must be >= 0, got {residual_above}")
         if self.ikind != KIND_QUANT or self.icompute != COMPUTE_INT8:
             return
         if scratch.max_k < self.k or scratch.max_n < self.n:
@@ -386,6 +394,7 @@ cdef class Linear:
                              f"for a {self.n}x{self.k} layer")
         self.scratch = scratch
         self.act_passes = 2
+        self.residual_above = residual_above
 
     @property
     def kind(self):
@@ -415,7 +424,7 @@ cdef class Linear:
             self._apply_two_pass(x, ldx, rows, y, ldy)
         elif self.icompute == COMPUTE_INT8:
             _active.quantize_act(x, ldx, rows, self.k, aq, ad, asum)
-            act.rows, act.k, act.q, act.d, act.sum = rows, self.k, aq, ad, asum
+            act.rows, act.k, act.q, act.d, act.sum, act.skip_from = rows, self.k, aq, ad, asum, rows
             self._qgemm_i8(&act, y, ldy)
         elif self.icompute == COMPUTE_FP32:
             _active.qgemm_f32(&self.q, x, ldx, rows, y, ldy)
@@ -452,6 +461,7 @@ cdef class Linear:
                     self._two_pass_residual(x + (r0 + r) * ldx, r)
             _active.quantize_act(self.scratch.r, k, m, k, self.scratch.q + m * k, self.scratch.d + m * nb, self.scratch.s + m * nb)
             act.rows, act.k, act.q, act.d, act.sum = 2 * m, k, self.scratch.q, self.scratch.d, self.scratch.s
+            act.skip_from = m if self.residual_above > 0 else 2 * m   # the residual rows are sparse
             self._qgemm_i8(&act, self.scratch.y, n)
             if m < PAR_ROWS:
                 for r in range(m):
@@ -462,13 +472,22 @@ cdef class Linear:
             r0 += m
 
     cdef void _two_pass_residual(self, const float *xr, int64_t r) noexcept nogil:
-        """Scratch row r of the residual: x minus its first-pass int8 rounding."""
+        """Scratch row r of the residual: x minus its first-pass int8 rounding, in the blocks whose
+        step is over residual_above times the row's mean step (zero elsewhere)."""
         cdef int64_t k = self.k, nb = self.k // LR_QK, b, i
-        cdef float db
+        cdef float db, above = 0.0
+        if self.residual_above > 0:
+            for b in range(nb):
+                above += self.scratch.d[r * nb + b]
+            above *= self.residual_above / nb
         for b in range(nb):
             db = self.scratch.d[r * nb + b]
-            for i in range(b * LR_QK, (b + 1) * LR_QK):
-                self.scratch.r[r * k + i] = xr[i] - db * self.scratch.q[r * k + i]
+            if db > above:
+                for i in range(b * LR_QK, (b + 1) * LR_QK):
+                    self.scratch.r[r * k + i] = xr[i] - db * self.scratch.q[r * k + i]
+            else:
+                for i in range(b * LR_QK, (b + 1) * LR_QK):
+                    self.scratch.r[r * k + i] = 0.0
 
     cdef void _two_pass_sum(self, float *yr, int64_t r, int64_t m) noexcept nogil:
         cdef int64_t n = self.n, i

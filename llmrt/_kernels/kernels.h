@@ -95,6 +95,10 @@ typedef struct lr_qact {
     const int8_t *q;    /* rows * k */
     const float *d;     /* rows * (k / LR_QK) */
     const int32_t *sum; /* rows * (k / LR_QK) */
+    /* rows from here on are mostly zero blocks (the sparse second pass of two-pass activations): panel
+     * tiles lying wholly there skip a block whose scales are zero in all their rows, which changes no
+     * result (a zero block adds exactly zero); rows when no row is worth the check */
+    int64_t skip_from;
 } lr_qact;
 
 /* Attention over a KV cache (one sequence).

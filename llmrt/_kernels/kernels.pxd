@@ -30,6 +30,7 @@ cdef extern from "kernels.h" nogil:
         const int8_t *q
         const float *d
         const int32_t *sum
+        int64_t skip_from
 
     ctypedef struct lr_attn_args:
         const float *q

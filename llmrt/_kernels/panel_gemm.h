@@ -17,7 +17,8 @@
  *   PN_RD           rows per tile covering all slots of a panel (decode, small batches); 0: none
  *   PN_RB(BITS), PN_NSB(BITS)  rows and slots per tile above PN_RD rows
  *   PN_ACCG         1: per-group float sums (see above)
- *   PN_PACK_ACT     1: tiles above PN_RD rows read packed activations in bands (pn_pack_alloc)
+ *   PN_PACK_ACT     1: tiles above PN_RD rows read packed activations in bands (pn_pack_alloc); the
+ *                   sparse rows of a->skip_from are packed on every tier (pn_tile_sparse)
  *   pn_vi, pn_vf    integer and float vectors
  *   pn_load(p), pn_bcast(p) (an activation dword in every lane), pn_iset1, pn_cvt, pn_fzero, pn_fset1,
  *   pn_fma(a, b, c) = a * b + c, pn_fmul, pn_fadd, pn_scales(p, F16) (PN_LANES scales), pn_store(y, v, n)
@@ -61,15 +62,62 @@ typedef struct {
     const float *pd;       /* [band][block][PN_BAND] d_a */
     const int32_t *ps;     /* [band][block][PN_BAND] -B * sum_a: the integer start, one broadcast load */
     const float *pS;       /* [band][group][PN_BAND] sum over the group's blocks of d_a * sum_a */
+    /* [band][nb] the band's live blocks in k order, (block << 8) | bit i set when row i of the band has a
+     * nonzero scale there, pnlive[band] of them (read by pn_tile_sparse) */
+    const uint32_t *plive;
+    const int32_t *pnlive;
 } pn_ctx;
 
 /* Rows per band of the packed activations: the tier's largest packed tile (tiles start at multiples
  * of their row count, so a tile lies within one band and reads one contiguous stream). */
 #define PN_BAND PN_MAX2(PN_RB(4), PN_RB(8))
-typedef char pn_band_holds_whole_tiles[(PN_BAND % PN_RB(4) == 0 && PN_BAND % PN_RB(8) == 0) ? 1 : -1];
+typedef char pn_band_holds_whole_tiles[(PN_BAND % PN_RB(4) == 0 && PN_BAND % PN_RB(8) == 0 && PN_BAND <= 8) ? 1 : -1];
 /* Index of (row, block) in a packed [band][block][PN_BAND] array of nb blocks per row. */
 LR_INLINE int64_t pn_band_at(int64_t row, int64_t block, int64_t nb) {
     return ((row / PN_BAND) * nb + block) * PN_BAND + row % PN_BAND;
+}
+
+/* The exact int32 sums of one block for rows xo[0..R) x slots s0 .. s0+NS (init: -B * sum_a per row). */
+LR_INLINE void pn_block_sums(pn_vi is[PN_RMAX][PN_SMAX], const uint8_t *blk, const int8_t *const xo[PN_RMAX],
+                             const pn_vi init[PN_RMAX], const int s0, const int R, const int NS, const int BITS) {
+    if (BITS == 4) {
+        pn_a4 ac[PN_RMAX][PN_SMAX];
+        LR_UNROLL for (int r = 0; r < R; r++)
+            LR_UNROLL for (int s = 0; s < NS; s++) ac[r][s] = pn_a4_init(init[r]);
+        LR_UNROLL for (int v = 0; v < 4; v++)
+            LR_UNROLL for (int s = 0; s < NS; s++) {
+                const pn_w4 wv = pn_prep4(pn_load(blk + 64 * v + (s0 + s) * PN_SLOT_BYTES));
+                LR_UNROLL for (int r = 0; r < R; r++)
+                    ac[r][s] = pn_a4_step(ac[r][s], wv, pn_bcast(xo[r] + 4 * v), pn_bcast(xo[r] + 16 + 4 * v));
+            }
+        LR_UNROLL for (int r = 0; r < R; r++)
+            LR_UNROLL for (int s = 0; s < NS; s++) is[r][s] = pn_a4_end(ac[r][s], init[r]);
+    } else {
+        pn_a8 ac[PN_RMAX][PN_SMAX];
+        LR_UNROLL for (int r = 0; r < R; r++)
+            LR_UNROLL for (int s = 0; s < NS; s++) ac[r][s] = pn_a8_init(init[r]);
+        LR_UNROLL for (int v = 0; v < 8; v++)
+            LR_UNROLL for (int s = 0; s < NS; s++) {
+                const pn_w8 wv = pn_prep8(pn_load(blk + 64 * v + (s0 + s) * PN_SLOT_BYTES));
+                LR_UNROLL for (int r = 0; r < R; r++)
+                    ac[r][s] = pn_a8_step(ac[r][s], wv, pn_bcast(xo[r] + 4 * v), v & 1);
+            }
+        LR_UNROLL for (int r = 0; r < R; r++)
+            LR_UNROLL for (int s = 0; s < NS; s++) is[r][s] = pn_a8_end(ac[r][s], init[r]);
+    }
+}
+
+/* Stores (g0 == 0) or adds a tile's sums to y. */
+LR_INLINE void pn_tile_store(const pn_ctx *c, pn_vf acc[PN_RMAX][PN_SMAX], int64_t r0, int64_t p, int64_t g0,
+                             const int s0, const int R, const int NS) {
+    LR_UNROLL for (int s = 0; s < NS; s++) {
+        const int64_t j0 = p * LR_PANEL + (s0 + s) * PN_LANES, nj = lr_min64(PN_LANES, c->w->n - j0);
+        if (nj <= 0) break;
+        LR_UNROLL for (int r = 0; r < R; r++) {
+            float *yr = c->y + (r0 + r) * c->ldy + j0;
+            pn_store(yr, g0 ? pn_fadd(acc[r][s], pn_load_out(yr, (int)nj)) : acc[r][s], (int)nj);
+        }
+    }
 }
 
 /* Activation rows r0 .. r0+R x slots s0 .. s0+NS of panel p over groups [g0, g1); the sums are added
@@ -120,31 +168,7 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
                 xo[r] = PACKED ? pqb + r * LR_QK : xq[r] + b * LR_QK;
                 init[r] = pn_iset1(PACKED ? psb[r] : -Bi * xs[r][b]);
             }
-            if (BITS == 4) {
-                pn_a4 ac[PN_RMAX][PN_SMAX];
-                LR_UNROLL for (int r = 0; r < R; r++)
-                    LR_UNROLL for (int s = 0; s < NS; s++) ac[r][s] = pn_a4_init(init[r]);
-                LR_UNROLL for (int v = 0; v < 4; v++)
-                    LR_UNROLL for (int s = 0; s < NS; s++) {
-                        const pn_w4 wv = pn_prep4(pn_load(blk + 64 * v + (s0 + s) * PN_SLOT_BYTES));
-                        LR_UNROLL for (int r = 0; r < R; r++)
-                            ac[r][s] = pn_a4_step(ac[r][s], wv, pn_bcast(xo[r] + 4 * v), pn_bcast(xo[r] + 16 + 4 * v));
-                    }
-                LR_UNROLL for (int r = 0; r < R; r++)
-                    LR_UNROLL for (int s = 0; s < NS; s++) is[r][s] = pn_a4_end(ac[r][s], init[r]);
-            } else {
-                pn_a8 ac[PN_RMAX][PN_SMAX];
-                LR_UNROLL for (int r = 0; r < R; r++)
-                    LR_UNROLL for (int s = 0; s < NS; s++) ac[r][s] = pn_a8_init(init[r]);
-                LR_UNROLL for (int v = 0; v < 8; v++)
-                    LR_UNROLL for (int s = 0; s < NS; s++) {
-                        const pn_w8 wv = pn_prep8(pn_load(blk + 64 * v + (s0 + s) * PN_SLOT_BYTES));
-                        LR_UNROLL for (int r = 0; r < R; r++)
-                            ac[r][s] = pn_a8_step(ac[r][s], wv, pn_bcast(xo[r] + 4 * v), v & 1);
-                    }
-                LR_UNROLL for (int r = 0; r < R; r++)
-                    LR_UNROLL for (int s = 0; s < NS; s++) is[r][s] = pn_a8_end(ac[r][s], init[r]);
-            }
+            pn_block_sums(is, blk, xo, init, s0, R, NS, BITS);
             LR_UNROLL for (int r = 0; r < R; r++) {
                 const pn_vf da = pn_fset1(PACKED ? pdb[r] : xd[r][b]);
                 LR_UNROLL for (int s = 0; s < NS; s++) {
@@ -172,20 +196,61 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
             }
         }
     }
-    LR_UNROLL for (int s = 0; s < NS; s++) {
-        const int64_t j0 = p * LR_PANEL + (s0 + s) * PN_LANES, nj = lr_min64(PN_LANES, w->n - j0);
-        if (nj <= 0) break;
+    pn_tile_store(c, acc, r0, p, g0, s0, R, NS);
+}
+
+/* pn_tile for packed rows from a->skip_from on (the sparse residual of two-pass activations): it visits
+ * only the blocks of the band's live list that are nonzero in one of its rows, and scales each block's
+ * sums on its own (a dead block cost a tenth of a live one when the dense walk skipped it). */
+LR_INLINE void pn_tile_sparse(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64_t g1, const int s0,
+                              const int R, const int NS, const int BITS, const int ASYM, const int F16) {
+    const lr_qmat *w = c->w;
+    const lr_qact *a = c->a;
+    const int64_t nb = w->k / LR_QK, ng = w->k / w->group, bpg = w->group / LR_QK;
+    const int64_t bb = BITS == 4 ? 256 : 512, ss = F16 ? 2 : 4, band = r0 / PN_BAND;
+    const uint32_t *live = c->plive + band * nb, mine = ((1u << R) - 1) << (r0 % PN_BAND);
+    const int64_t nlive = c->pnlive[band], b0 = g0 * bpg, b1 = g1 * bpg;
+    pn_vf acc[PN_RMAX][PN_SMAX];
+    LR_UNROLL for (int r = 0; r < R; r++)
+        LR_UNROLL for (int s = 0; s < NS; s++) acc[r][s] = pn_fzero();
+    int64_t i = 0, g = g0, gend = b0 + bpg;   /* the group of block b: gend = its last block + 1 */
+    while (i < nlive && (int64_t)(live[i] >> 8) < b0) i++;
+    for (; i < nlive && (int64_t)(live[i] >> 8) < b1; i++) {
+        if (!(live[i] & mine)) continue;
+        const int64_t b = live[i] >> 8, pb = pn_band_at(r0, b, nb);
+        while (b >= gend) {   /* no division in the loop */
+            g++;
+            gend += bpg;
+        }
+        const uint8_t *gp = w->panels + (p * ng + g) * c->gb, *sp = gp + bpg * bb;
+        const int8_t *xo[PN_RMAX];
+        pn_vi init[PN_RMAX], is[PN_RMAX][PN_SMAX];
         LR_UNROLL for (int r = 0; r < R; r++) {
-            float *yr = c->y + (r0 + r) * c->ldy + j0;
-            pn_store(yr, g0 ? pn_fadd(acc[r][s], pn_load_out(yr, (int)nj)) : acc[r][s], (int)nj);
+            xo[r] = c->pq + (pb + r) * LR_QK;
+            init[r] = pn_iset1(c->ps[pb + r]);
+        }
+        pn_block_sums(is, gp + (b - g * bpg) * bb, xo, init, s0, R, NS, BITS);
+        LR_UNROLL for (int s = 0; s < NS; s++) {
+            const pn_vf dw = pn_scales(sp + (s0 + s) * PN_LANES * ss, F16);
+            const pn_vf mw = ASYM ? pn_scales(sp + LR_PANEL * ss + (s0 + s) * PN_LANES * ss, F16) : pn_fzero();
+            LR_UNROLL for (int r = 0; r < R; r++) {
+                const float da = c->pd[pb + r];
+                acc[r][s] = pn_fma(pn_cvt(is[r][s]), pn_fmul(pn_fset1(da), dw), acc[r][s]);
+                if (ASYM)   /* the offsets' share of this block: m * d_a * sum_a */
+                    acc[r][s] = pn_fma(mw, pn_fset1(da * (float)a->sum[(r0 + r) * nb + b]), acc[r][s]);
+            }
         }
     }
+    pn_tile_store(c, acc, r0, p, g0, s0, R, NS);
 }
 
 /* Tiles of up to RMAX <= 8 rows (R a compile-time constant in each case). */
 #define PN_ROWS_CASE(n, RMAX, S0, NS, PK)                                                  \
     case n:                                                                                \
-        if (n <= RMAX) pn_tile(c, r, p, g0, g1, S0, (n <= RMAX ? n : 1), NS, BITS, ASYM, F16, PK); \
+        if (n <= RMAX) {                                                                   \
+            if (c->plive && r >= c->a->skip_from) pn_tile_sparse(c, r, p, g0, g1, S0, (n <= RMAX ? n : 1), NS, BITS, ASYM, F16); \
+            else pn_tile(c, r, p, g0, g1, S0, (n <= RMAX ? n : 1), NS, BITS, ASYM, F16, PK); \
+        }                                                                                  \
         break;
 #define PN_ROWS(RMAX, S0, NS, PK)                                                          \
     for (int64_t r = r0; r < r1; r += RMAX) {                                              \
@@ -249,24 +314,28 @@ static void pn_init(pn_ctx *c, const lr_qmat *w, const lr_qact *a, float *y, int
     c->gb = pn_group_bytes(w);
 }
 
-/* PN_PACK_ACT: room for the activations of a prefill call in bands (pn_ctx) in the calling thread's
- * scratch (a copy of rows * k bytes, small beside the GEMM); left unpacked when the scratch cannot grow.
- * pn_run fills it. */
+/* Room for the activations of a prefill call in bands (pn_ctx) in the calling thread's scratch (a copy of
+ * rows * k bytes, small beside the GEMM), with PN_PACK_ACT or for the sparse rows from a->skip_from on
+ * (and their bands' live lists); left unpacked (and dense) when the scratch cannot grow.  pn_run fills it. */
 static void pn_pack_alloc(pn_ctx *c) {
     const lr_qact *a = c->a;
     const int64_t k = a->k, nb = k / LR_QK, ng = k / c->w->group;
     const int64_t prows = (a->rows + PN_BAND - 1) / PN_BAND * PN_BAND;   /* the last band's unused rows unread */
     const size_t bytes = (size_t)(prows * k) + (size_t)(prows * nb) * (sizeof(float) + sizeof(int32_t)) +
-                         (size_t)(prows * ng) * sizeof(float);
+                         (size_t)(prows * ng) * sizeof(float) + (size_t)(prows / PN_BAND) * (size_t)(nb + 1) * sizeof(uint32_t);
     int8_t *q = (int8_t *)lr_thread_scratch(LR_SCRATCH_ACT, bytes);
     if (!q) return;
     c->pq = q;
     c->pd = (float *)(q + prows * k);
     c->ps = (int32_t *)(c->pd + prows * nb);
     c->pS = (float *)(c->ps + prows * nb);
+    if (a->skip_from < a->rows) {
+        c->plive = (const uint32_t *)(c->pS + prows * ng);
+        c->pnlive = (const int32_t *)(c->plive + prows / PN_BAND * nb);
+    }
 }
 
-/* Packs activation rows [r0, r1). */
+/* Packs activation rows [r0, r1) of one band. */
 static void pn_pack_rows(const pn_ctx *c, int64_t r0, int64_t r1) {
     const lr_qact *a = c->a;
     const int64_t k = a->k, nb = k / LR_QK, bpg = c->w->group / LR_QK, ng = k / c->w->group;
@@ -286,6 +355,15 @@ static void pn_pack_rows(const pn_ctx *c, int64_t r0, int64_t r1) {
             S[pn_band_at(r, g, ng)] = sg;
         }
     }
+    if (!c->plive || r1 <= a->skip_from) return;   /* the live lists serve only pn_tile_sparse */
+    uint32_t *live = (uint32_t *)c->plive + (r0 / PN_BAND) * nb;
+    int32_t n = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        uint32_t bits = 0;
+        for (int64_t r = r0; r < r1; r++) bits |= (uint32_t)(a->d[r * nb + b] != 0.0f) << (r % PN_BAND);
+        if (bits) live[n++] = (uint32_t)b << 8 | bits;
+    }
+    ((int32_t *)c->pnlive)[r0 / PN_BAND] = n;
 }
 
 /* Activation rows [r0, r1) x panels [p0, p1), panels split between the threads. */
@@ -313,7 +391,7 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
 LR_UNUSED static void x86_qgemm_i8_panels(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
     pn_ctx c;
     pn_init(&c, w, a, y, ldy);
-    if (PN_PACK_ACT && a->rows > PN_RD) pn_pack_alloc(&c);
+    if ((PN_PACK_ACT || a->skip_from < a->rows) && a->rows > PN_RD) pn_pack_alloc(&c);
     pn_run(&c, 0, a->rows, 0, (w->n + LR_PANEL - 1) / LR_PANEL);
 }
 
