@@ -38,16 +38,28 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_kv_memory(config, n_caches: int, capacity: int, memory_dtype: str) -> None:
+# What a generated sequence holds besides its KV cache: its Python objects, token lists and the sampler's
+# per-row arrays (measured 9.5-12 KiB a row on a 211-token vocabulary), and working copies of a logits row.
+SEQUENCE_BYTES = 16 * 1024
+SEQUENCE_LOGIT_ROWS = 8
+
+
+def check_kv_memory(config, n_caches: int, capacity: int, memory_dtype: str, kept_logit_rows: int = 0) -> None:
     """Refuse KV caches that cannot fit in this machine's memory, naming what to lower, instead of
-    failing inside NumPy (or swapping the machine to a halt)."""
+    failing inside NumPy (or swapping the machine to a halt).  With n_caches > 1 (a batch, beams or
+    samples) each also counts a sequence's working state and kept_logit_rows rows of vocabulary-wide
+    scores (output_scores / output_logits)."""
     per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * (2 if memory_dtype == "f16" else 4)
-    need = n_caches * capacity * per_token
+    per_cache = capacity * per_token
+    if n_caches > 1:
+        per_cache += SEQUENCE_BYTES + (SEQUENCE_LOGIT_ROWS + kept_logit_rows) * 4 * config.vocab_size
+    need = n_caches * per_cache
     have = physical_memory()
     if have is not None and need > have:
         raise InvalidArgumentError(
-            f"{n_caches} KV cache(s) of {capacity} tokens need {need / 2**30:.1f} GiB, more than this machine's "
-            f"{have / 2**30:.1f} GiB; lower ctx_size / max_new_tokens, the batch or num_beams")
+            f"{n_caches} sequence(s) with KV caches of {capacity} tokens need {need / 2**30:.1f} GiB, more than "
+            f"this machine's {have / 2**30:.1f} GiB; lower ctx_size / max_new_tokens, the batch, num_beams or "
+            f"num_return_sequences")
 
 
 # processes of one tensor-parallel group on this machine (share_cores): they split its cores

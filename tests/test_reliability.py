@@ -50,6 +50,25 @@ def test_kv_cache_overflow_is_refused(model):
     assert cache.n_past == 3
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident size from /proc")
+@pytest.mark.parametrize("options", [dict(do_sample=True, num_return_sequences=4_000_000),
+                                     dict(num_beams=4_000_000, num_return_sequences=1),
+                                     dict(do_sample=True, num_return_sequences=200_000, output_scores=True,
+                                          return_dict_in_generate=True, max_new_tokens=10**6, ctx_size=10**6)])
+def test_more_sequences_than_memory_are_refused_up_front(model, options):
+    """A few million samples or beams of a tiny model have small KV caches but ~10 KiB of state each
+    (a property test's example once grew the process to 24 GiB): refused before anything is built."""
+    before = _rss_bytes()
+    with pytest.raises(InvalidArgumentError, match="num_return_sequences"):
+        model.generate([[3, 4, 5]], **{"max_new_tokens": 3, **options})
+    assert _rss_bytes() - before < 256 * 2**20
+
+
 # ------------------------------------------------------------------ class 3: thread counts
 @pytest.mark.parametrize("threads", [0, -1, MAX_THREADS + 1, 10**9, 2**63, 2.5, "2", True])
 def test_thread_count_out_of_range(model, threads):

@@ -122,7 +122,8 @@ def _sequences(model: Any, opts: GenerationOptions, rows: list[np.ndarray], max_
 
     need = longest + (max_new if max_new >= 0 else 0) + 1
     copies = max(opts.num_beams, opts.num_return_sequences)     # beams and samples fork the cache
-    check_kv_memory(model.config, len(rows) * copies, min(need, policy.ctx_size), model.memory_dtype)
+    kept = (max_new if max_new >= 0 else policy.ctx_size) * (int(bool(opts.output_scores)) + int(bool(opts.output_logits)))
+    check_kv_memory(model.config, len(rows) * copies, min(need, policy.ctx_size), model.memory_dtype, kept)
 
     def new_sequence(p: ContextPolicy) -> Sequence:
         return Sequence(model.engine, model.memory_dtype, p, capacity=need)
