@@ -314,6 +314,10 @@ static void pn_init(pn_ctx *c, const lr_qmat *w, const lr_qact *a, float *y, int
     c->gb = pn_group_bytes(w);
 }
 
+/* Whether the rows from a->skip_from on fill a band (so some tile lies wholly among them): only then are
+ * they packed with live lists for pn_tile_sparse (a decode step's one residual row is not). */
+LR_INLINE int pn_sparse_rows(const lr_qact *a) { return a->rows - a->skip_from >= PN_BAND; }
+
 /* Room for the activations of a prefill call in bands (pn_ctx) in the calling thread's scratch (a copy of
  * rows * k bytes, small beside the GEMM), with PN_PACK_ACT or for the sparse rows from a->skip_from on
  * (and their bands' live lists); left unpacked (and dense) when the scratch cannot grow.  pn_run fills it. */
@@ -329,7 +333,7 @@ static void pn_pack_alloc(pn_ctx *c) {
     c->pd = (float *)(q + prows * k);
     c->ps = (int32_t *)(c->pd + prows * nb);
     c->pS = (float *)(c->ps + prows * nb);
-    if (a->skip_from < a->rows) {
+    if (pn_sparse_rows(a)) {
         c->plive = (const uint32_t *)(c->pS + prows * ng);
         c->pnlive = (const int32_t *)(c->plive + prows / PN_BAND * nb);
     }
@@ -342,6 +346,7 @@ static void pn_pack_rows(const pn_ctx *c, int64_t r0, int64_t r1) {
     int8_t *q = (int8_t *)c->pq;
     float *d = (float *)c->pd, *S = (float *)c->pS;
     int32_t *sum = (int32_t *)c->ps;
+    if (!PN_PACK_ACT && r1 <= a->skip_from) return;   /* dense tiles read these rows unpacked */
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t b = 0; b < nb; b++) {
             const int64_t at = pn_band_at(r, b, nb);
@@ -391,7 +396,7 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
 LR_UNUSED static void x86_qgemm_i8_panels(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
     pn_ctx c;
     pn_init(&c, w, a, y, ldy);
-    if ((PN_PACK_ACT || a->skip_from < a->rows) && a->rows > PN_RD) pn_pack_alloc(&c);
+    if ((PN_PACK_ACT || pn_sparse_rows(a)) && a->rows > PN_RD) pn_pack_alloc(&c);
     pn_run(&c, 0, a->rows, 0, (w->n + LR_PANEL - 1) / LR_PANEL);
 }
 
