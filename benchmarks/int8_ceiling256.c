@@ -14,8 +14,10 @@
  *   maddubs+add16     what the AVX2 int4 panel kernel issues per weight vector and row: a product and an
  *                     int16 accumulation (products summed in int16, widened once per block)
  *   maddubs+madd+add32  the AVX2 int8 step's arithmetic (int16 sums would overflow: widened at once)
- *   sign+maddubs+madd+add32  the whole AVX2 int8 step: the activation takes the weight's sign (maddubs
+ *   sign+maddubs+madd+add32  the AVX2 int8 step on bytes: the activation takes the weight's sign (maddubs
  *                     multiplies unsigned by signed bytes; int8 weights are signed)
+ *   madd16+add32      the AVX2 int8 prefill step on weights and activations widened to int16 (panel_wide8.h):
+ *                     16 products per madd, six chains of independent products (as a tile's rows are)
  *   dpbusd            AVX-VNNI's fused u8 x s8 -> int32 (with -DWITH_VNNI or -DWITH_VNNI_EVEX) */
 #include <immintrin.h>
 #include <stdint.h>
@@ -94,6 +96,28 @@ static double run_sign_maddubs_madd(void) {
     TIMED(SIGN_MADDUBS_MADD);
 }
 
+/* six chains each adding the madd of its own operand (kept live, so none is hoisted or shared) */
+static double run_madd16_add32(void) {
+    __m256i a0 = _mm256_set1_epi16(3), a1 = _mm256_set1_epi16(4), a2 = _mm256_set1_epi16(5), a3 = _mm256_set1_epi16(6),
+            a4 = _mm256_set1_epi16(7), a5 = _mm256_set1_epi16(8), b = _mm256_set1_epi16(2);
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+    const double t0 = now();
+    for (long it = 0; it < ITERS; it++) {
+        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(a0, b));
+        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(a1, b));
+        c2 = _mm256_add_epi32(c2, _mm256_madd_epi16(a2, b));
+        c3 = _mm256_add_epi32(c3, _mm256_madd_epi16(a3, b));
+        c4 = _mm256_add_epi32(c4, _mm256_madd_epi16(a4, b));
+        c5 = _mm256_add_epi32(c5, _mm256_madd_epi16(a5, b));
+        __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5), "+x"(b));
+        __asm__ volatile("" : "+x"(c0), "+x"(c1), "+x"(c2), "+x"(c3), "+x"(c4), "+x"(c5));
+    }
+    const double dt = now() - t0;
+    sink += _mm256_extract_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(_mm256_add_epi32(c2, c3),
+                                                                                            _mm256_add_epi32(c4, c5))), 0);
+    return (double)ITERS * 6 * 16 / dt / 1e9;
+}
+
 #if defined(WITH_VNNI) || defined(WITH_VNNI_EVEX)
 static double run_dpbusd(void) {
     __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(2);
@@ -112,6 +136,7 @@ int main(void) {
     printf("maddubs+add16      %6.1f GMAC/s\n", best_of(run_maddubs_add16));
     printf("maddubs+madd+add32 %6.1f GMAC/s\n", best_of(run_maddubs_madd));
     printf("sign+maddubs+madd+add32 %6.1f GMAC/s\n", best_of(run_sign_maddubs_madd));
+    printf("madd16+add32       %6.1f GMAC/s\n", best_of(run_madd16_add32));
 #if defined(WITH_VNNI) || defined(WITH_VNNI_EVEX)
     printf("dpbusd             %6.1f GMAC/s\n", best_of(run_dpbusd));
 #endif

@@ -1,7 +1,8 @@
 """Re-checks the register tile of a 256-bit tier's prefill GEMM on the CPU at hand.
 
-The tile shapes in `llmrt/_kernels/panel256.h` (activation rows x weight slots per tile, and for AVX-VNNI int4
-whether the high nibbles are split out like AVX2's) were chosen by measurement on one CPU per tier. This builds
+The tile shapes in `llmrt/_kernels/panel256.h` (activation rows x weight slots per tile, for AVX-VNNI int4
+whether the high nibbles are split out like AVX2's, for AVX2 int8 prefill whether weights are widened to int16)
+were chosen by measurement on one CPU per tier. This builds
 the tier's kernels once as shipped and once per candidate shape (the PN_* macros of panel256.h), runs each on
 the 1.1B model's matrix shapes through `tile_sweep.c`, checks that every candidate computes bit for bit what the
 shipped kernels do (the shipped ones are tested against NumPy by the test suite), and prints GMAC/s:
@@ -40,9 +41,11 @@ SHAPES = [(2560, 2048), (2048, 2048), (11264, 2048), (2048, 5632)]
 # Candidates per tier and weight bits besides the shipped shape: PN_RB<bits> activation rows and PN_NSB<bits>
 # weight slots (of 8 rows) per tile; SPLIT (PN_VNNI_INT4_SPLIT=1) gives AVX-VNNI int4 AVX2's nibble split and one
 # accumulator per row. Both RB macros get the candidate's rows, so the packed activation bands hold whole tiles.
+# AVX2 int8 prefill runs on widened weights (PN_WIDE8): RBW rows x NSBW slots per tile (RBW divides the band of
+# 8 rows); WIDE 0 is the int8 step (sign + maddubs + madd) in its tile of 8 rows x 1 slot.
 CANDIDATES = {
     ("avx2", 4): [{"RB": 4, "NSB": 1}, {"RB": 6, "NSB": 1}, {"RB": 4, "NSB": 2}],
-    ("avx2", 8): [{"RB": 4, "NSB": 1}, {"RB": 6, "NSB": 1}, {"RB": 2, "NSB": 2}],
+    ("avx2", 8): [{"WIDE": 0}, {"RBW": 8, "NSBW": 1}, {"RBW": 4, "NSBW": 1}, {"RBW": 2, "NSBW": 2}],
     ("avx_vnni", 4): [{"RB": 6, "NSB": 1}, {"RB": 8, "NSB": 1}, {"RB": 2, "NSB": 2},
                       {"RB": 4, "NSB": 1, "SPLIT": 1}, {"RB": 6, "NSB": 1, "SPLIT": 1}, {"RB": 8, "NSB": 1, "SPLIT": 1},
                       {"RB": 2, "NSB": 2, "SPLIT": 1}],
@@ -53,12 +56,20 @@ CANDIDATES = {
 def candidate_name(c: dict[str, int] | None) -> str:
     if c is None:
         return "shipped"
-    return f"{c['RB']} rows x {c['NSB']} slot{'s' if c['NSB'] > 1 else ''}" + (" split" if c.get("SPLIT") else "")
+    if c.get("WIDE") == 0:
+        return "int8 step, 8 rows x 1 slot"
+    rows, slots = (c["RBW"], c["NSBW"]) if "RBW" in c else (c["RB"], c["NSB"])
+    return (("widened, " if "RBW" in c else "") + f"{rows} rows x {slots} slot{'s' if slots > 1 else ''}" +
+            (" split" if c.get("SPLIT") else ""))
 
 
 def candidate_defines(c: dict[str, int] | None, bits: int) -> list[str]:
     if c is None:
         return []
+    if "WIDE" in c:
+        return [f"-DPN_WIDE8={c['WIDE']}"]
+    if "RBW" in c:
+        return [f"-DPN_RBW={c['RBW']}", f"-DPN_NSBW={c['NSBW']}"]
     other = 8 if bits == 4 else 4
     return [f"-DPN_RB{bits}={c['RB']}", f"-DPN_RB{other}={c['RB']}", f"-DPN_NSB{bits}={c['NSB']}",
             f"-DPN_VNNI_INT4_SPLIT={c.get('SPLIT', 0)}"]

@@ -88,6 +88,18 @@ def test_tile_sweep_candidates_compute_what_the_shipped_kernels_do(monkeypatch):
                        "--rounds", "1", "--opt", "1"]) == 0
 
 
+def test_avx2_int8_widened_tiles_compute_what_the_int8_step_does(monkeypatch):
+    """AVX2 int8 prefill on widened int16 weights (panel_wide8.h) gives bit for bit the int8 step's output
+    (sign + maddubs + madd, the kernel it replaced): 21 rows (5 tiles of 4, the last partial), partial panels."""
+    sweep = benchmark_module("tile_sweep")
+    monkeypatch.setenv("CC", compiler()[0])
+    if "avx2" not in _ops.supported_tiers():
+        pytest.skip("this CPU has no AVX2")
+    monkeypatch.setattr(sweep, "CANDIDATES", {("avx2", 8): [{"WIDE": 0}]})
+    assert sweep.main(["avx2", "--bits", "8", "--rows", "21", "--shapes", "40x256", "72x1024", "--seconds", "0",
+                       "--rounds", "1", "--opt", "1"]) == 0
+
+
 def test_tile_sweep_names_a_candidate_that_computes_otherwise(monkeypatch, capsys):
     sweep = benchmark_module("tile_sweep")
     monkeypatch.setattr(sweep, "tier_unit", lambda tier: ("avx2", []))

@@ -187,6 +187,17 @@ LR_INLINE pn_vi pn_a8_end(pn_a8 a, pn_vi init) {
 }
 #endif
 
+/* AVX2 int8 prefill on widened weights (panel_wide8.h) */
+#ifndef PN_WIDE8
+#define PN_WIDE8 (!LR_VNNI)
+#endif
+#ifndef PN_RBW
+#define PN_RBW 4
+#endif
+#ifndef PN_NSBW
+#define PN_NSBW 2
+#endif
+
 #include "panel_gemm.h"
 
 #endif
