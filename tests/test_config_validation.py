@@ -313,7 +313,7 @@ def test_other_rotary_gguf_families_refuse_yarn(arch):
     (dict(num_hidden_layers=1), "declares 1 layers .* has tensors for 2"),
     (dict(num_hidden_layers=3), "declares 3 layers .* has tensors for 2"),
     (dict(vocab_size=300), "250 rows but the config's vocab_size is 300"),
-    (dict(hidden_size=128), ""),
+    (dict(hidden_size=128), "does not fit its config: embedding rows have 64 values, expected 128"),
 ])
 def test_config_contradicting_the_weights(tiny_models, tmp_path, edit, match):
     bad = edited_copy(tiny_models, tmp_path, "llama-mha-untied", config=lambda hf: hf.update(edit))

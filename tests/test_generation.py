@@ -2,6 +2,8 @@
 with their options, GenerationConfig handling, scores, EOS / padding, argument checking."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -293,3 +295,20 @@ def test_numpy_torch_and_none_arguments(pair):
     kw = dict(max_new_tokens=8, eos_token_id=None, do_sample=True, seed=3)
     np.testing.assert_array_equal(model.generate(ids, top_k=None, temperature=None, **kw),
                                   model.generate(ids, top_k=0, temperature=1.0, **kw))
+
+
+def test_huge_repetition_penalty_matches_transformers_without_warnings():
+    """A penalty that overflows float32 sends a negative score to -inf, as transformers' processor does,
+    and says nothing (numpy used to warn of an overflow in every step)."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from llmrt.generation.processors import RepetitionPenalty
+
+    scores = np.array([[-3e38, 1.0, 2.0, -0.5], [5.0, -1e30, 0.0, 3.0]], dtype=np.float32)
+    ids = np.array([[0, 1, 3], [1, 1, 2]])
+    expect = RepetitionPenaltyLogitsProcessor(1e10)(torch.from_numpy(ids), torch.from_numpy(scores.copy())).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = RepetitionPenalty(1e10)(ids, scores.copy())
+    np.testing.assert_array_equal(got, expect)
+    assert np.isneginf(got[0, 0]) and np.isneginf(got[1, 1])

@@ -24,7 +24,8 @@ class RepetitionPenalty:
         for b in range(scores.shape[0]):
             seen = np.unique(ids[b][ids[b] < scores.shape[1]])
             s = scores[b, seen]
-            scores[b, seen] = np.where(s < 0, s * np.float32(self.penalty), s / np.float32(self.penalty))
+            with np.errstate(over="ignore"):   # a huge penalty sends scores to -inf, as in torch's float32
+                scores[b, seen] = np.where(s < 0, s * np.float32(self.penalty), s / np.float32(self.penalty))
         return scores
 
 
