@@ -312,35 +312,21 @@ LR_INLINE int pn_use_wide(const lr_qmat *w, const lr_qact *a) {
     return w->bits == 8 && a->rows >= 2 * PN_RB(8) && w->group / LR_QK <= PN_WIDE_MAXB;
 }
 
-/* pn_span_t of a wide GEMM: each chunk of a panel is widened once, then every row tile reads it (the
- * chunks of the int8 step: the same sums in the same order). */
-LR_INLINE void pn_span_wide(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t p1, const int ASYM,
-                            const int F16) {
-    const int BITS = 8;
+/* Widens groups [g0, g1) of panel p into wb, once for all the row tiles of that chunk. */
+LR_INLINE void pn_widen_chunk(const pn_ctx *c, pn_vi *wb, int64_t p, int64_t g0, int64_t g1) {
     const int64_t ng = c->w->k / c->w->group, bpg = c->w->group / LR_QK;
-    const int64_t gc = pn_chunk_groups(c, r1 - r0, PN_RB(8));
-    pn_vi wb[PN_WIDE_MAXB * PN_WIDE_VECS];
-    for (int64_t p = p0; p < p1; p++)
-        for (int64_t g0 = 0; g0 < ng; g0 += gc) {
-            const int64_t g1 = lr_min64(g0 + gc, ng);
-            const uint8_t *gp = c->w->panels + (p * ng + g0) * c->gb;
-            for (int64_t g = g0; g < g1; g++)
-                for (int64_t bi = 0; bi < bpg; bi++)
-                    pn_widen8(wb + ((g - g0) * bpg + bi) * PN_WIDE_VECS, gp + (g - g0) * c->gb + bi * 512);
-            for (int s0 = 0; s0 < PN_SLOTS; s0 += PN_NSBW) PN_ROWS_W(PN_RBW, s0, PN_NSBW, 1, wb, 1)
-        }
+    const uint8_t *gp = c->w->panels + (p * ng + g0) * c->gb;
+    for (int64_t g = 0; g < g1 - g0; g++, gp += c->gb)
+        for (int64_t bi = 0; bi < bpg; bi++) pn_widen8(wb + (g * bpg + bi) * PN_WIDE_VECS, gp + bi * 512);
 }
 #endif
 
 LR_INLINE void pn_span_t(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t p1, const int BITS,
                          const int ASYM, const int F16) {
-#if PN_WIDE8
-    if (BITS == 8 && c->wide) {
-        pn_span_wide(c, r0, r1, p0, p1, ASYM, F16);
-        return;
-    }
-#endif
     const int64_t ng = c->w->k / c->w->group, gc = pn_chunk_groups(c, r1 - r0, PN_RB(BITS));
+#if PN_WIDE8
+    pn_vi wb[PN_WIDE_MAXB * PN_WIDE_VECS];   /* a widened chunk (int8 with c->wide) */
+#endif
     for (int64_t p = p0; p < p1; p++) {
         if (PN_RD > 0 && r1 - r0 <= PN_RD) {
             const int64_t g0 = 0, g1 = ng;
@@ -348,6 +334,13 @@ LR_INLINE void pn_span_t(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, in
         } else {
             for (int64_t g0 = 0; g0 < ng; g0 += gc) {
                 const int64_t g1 = lr_min64(g0 + gc, ng);
+#if PN_WIDE8
+                if (BITS == 8 && c->wide) {   /* the int8 step's chunks: the same sums in the same order */
+                    pn_widen_chunk(c, wb, p, g0, g1);
+                    for (int s0 = 0; s0 < PN_SLOTS; s0 += PN_NSBW) PN_ROWS_W(PN_RBW, s0, PN_NSBW, 1, wb, 1)
+                    continue;
+                }
+#endif
                 /* PN_NSB slots at a time: fewer slots, more activation rows per weight vector */
                 for (int s0 = 0; s0 < PN_SLOTS; s0 += PN_NSB(BITS)) {
                     if (PN_PACK_ACT && c->pq) PN_ROWS(PN_RB(BITS), s0, PN_NSB(BITS), 1)
