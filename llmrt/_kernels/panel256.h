@@ -4,9 +4,9 @@
  * Up to PN_RD activation rows (decode) a tile covers both slots of a panel, sharing each broadcast;
  * with more rows a tile covers one slot and PN_RB rows (see PN_RB).
  *
- * AVX-VNNI (dpbusd): as the 512-bit kernel, int4 low nibbles and in-place high nibbles (16 u) in
- * two accumulators (PN_VNNI_INT4_SPLIT: both nibbles 0..15, one accumulator), int8 as stored (q + 128)
- * against the -128 * sum_a start.
+ * AVX-VNNI (dpbusd): int4 both nibbles as 0..15 into one accumulator (PN_VNNI_INT4_SPLIT; 0: as the
+ * 512-bit kernel, low nibbles and in-place high nibbles (16 u) in two), int8 as stored (q + 128) against
+ * the -128 * sum_a start.
  * AVX2 (maddubs, u8 x s8 -> int16 pair sums, saturating):
  *   int4: nibbles 0..15 (the high ones shifted down) x |x| <= 127: a pair sum is at most
  *         2 * 15 * 127 = 3810, and the 8 products of a block (4 dwords x 2 nibbles) at most 30480,
@@ -21,29 +21,31 @@
 #ifndef PN_RD
 #define PN_RD 2
 #endif
-/* measured on the 1.1B MLP shapes (128 rows, one core): AVX-VNNI int4 one slot x 4 rows (Sapphire Rapids
- * 65 GMAC/s against 55 for both slots x 2 rows) and int8 both slots x 2 rows (84 against 38 there, before
- * prefill read panels in 16 KiB chunks: two passes over a 2048-input int8 panel, one per slot, missed L1);
- * AVX2 one slot x 8 rows (Zen 4: int4 112 against 100 for 4 rows, int8 62 against 59 for 2 slots x 2
- * rows: a weight vector's nibble split or |q| serves more rows, and the float sums the compiler keeps
- * in memory cost loads and stores, not vector ALU slots) */
+/* Tile shapes, measured on the 1.1B MLP shapes (128 rows, one core; benchmarks/tile_sweep.py):
+ * AVX2 one slot x 8 rows (Zen 4: int4 112 GMAC/s against 100 for 4 rows; a weight vector's nibble split
+ * serves more rows, and the float sums the compiler keeps in memory cost loads and stores, not vector ALU
+ * slots; int8 prefill runs widened, PN_RBW below).  AVX-VNNI int4 the same tile with the high nibbles
+ * shifted down into one accumulator per row (PN_VNNI_INT4_SPLIT), int8 one slot x 4 rows: on Zen 4's
+ * EVEX stand-in 120 GMAC/s against 102 for one slot x 4 rows with the nibbles in place, and 101 against 87
+ * for both slots x 2 rows.  The earlier shapes (those two) had been chosen on Sapphire Rapids' VEX encoding
+ * from candidates without the split, and for int8 before prefill read panels in 16 KiB chunks (then a pass
+ * per slot over an int8 panel missed L1); re-check them with tile_sweep.py on an AVX-VNNI core. */
 #ifndef PN_RB4
-#define PN_RB4 (LR_VNNI ? 4 : 8)
+#define PN_RB4 8
 #endif
 #ifndef PN_NSB4
 #define PN_NSB4 1
 #endif
 #ifndef PN_RB8
-#define PN_RB8 (LR_VNNI ? 2 : 8)
+#define PN_RB8 (LR_VNNI ? 4 : 8)
 #endif
 #ifndef PN_NSB8
-#define PN_NSB8 (LR_VNNI ? 2 : 1)
+#define PN_NSB8 1
 #endif
-/* AVX-VNNI int4, 1: the high nibbles shifted down as on AVX2 and one accumulator per row instead of two
- * (on the EVEX stand-in, Zen 4, with both slots x 2 rows: 113 GMAC/s against 101 for the shipped tile;
- * not measured on an AVX-VNNI core).  These macros are the candidates benchmarks/tile_sweep.py times. */
+/* AVX-VNNI int4, 1: the high nibbles shifted down as on AVX2, both dot products into one accumulator;
+ * 0: kept in place (16 u) in a second accumulator, one shift per block instead of one per weight vector. */
 #ifndef PN_VNNI_INT4_SPLIT
-#define PN_VNNI_INT4_SPLIT 0
+#define PN_VNNI_INT4_SPLIT 1
 #endif
 #define PN_RB(BITS) ((BITS) == 8 ? PN_RB8 : PN_RB4)
 #define PN_NSB(BITS) ((BITS) == 8 ? PN_NSB8 : PN_NSB4)

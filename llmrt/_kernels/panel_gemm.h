@@ -64,28 +64,30 @@ typedef struct {
     int32_t B;             /* the offset of the stored unsigned levels */
     int wide;              /* PN_WIDE8 tiles: the packed activations are int16 (pn_use_wide) */
     int64_t gb;            /* bytes per panel group */
-    /* PN_PACK_ACT (prefill): the activations in bands of PN_BAND rows, each band block-major, so the
+    int band;              /* rows per band of the packed activations: PN_BAND_OF(w->bits, wide) */
+    /* PN_PACK_ACT (prefill): the activations in bands of `band` rows, each band block-major, so the
      * rows of a tile sit at constant offsets from one pointer and a tile's pass over k reads one
      * contiguous stream (a block-major layout over all rows put its blocks a page or more apart, where
      * the hardware prefetchers stop); NULL when not packed */
-    const int8_t *pq;      /* [band][block][PN_BAND][32], int16 elements when wide */
-    const float *pd;       /* [band][block][PN_BAND] d_a */
-    const int32_t *ps;     /* [band][block][PN_BAND] -B * sum_a: the integer start, one broadcast load */
-    const float *pS;       /* [band][group][PN_BAND] sum over the group's blocks of d_a * sum_a */
+    const int8_t *pq;      /* [band][block][band rows][32], int16 elements when wide */
+    const float *pd;       /* [band][block][band rows] d_a */
+    const int32_t *ps;     /* [band][block][band rows] -B * sum_a: the integer start, one broadcast load */
+    const float *pS;       /* [band][group][band rows] sum over the group's blocks of d_a * sum_a */
     /* [band][nb] the band's live blocks in k order, (block << 8) | bit i set when row i of the band has a
      * nonzero scale there, pnlive[band] of them (read by pn_tile_sparse) */
     const uint32_t *plive;
     const int32_t *pnlive;
 } pn_ctx;
 
-/* Rows per band of the packed activations: the tier's largest packed tile (tiles start at multiples
- * of their row count, so a tile lies within one band and reads one contiguous stream). */
-#define PN_BAND PN_MAX2(PN_RB(4), PN_RB(8))
-typedef char pn_band_holds_whole_tiles[(PN_BAND % PN_RB(4) == 0 && PN_BAND % PN_RB(8) == 0 && PN_BAND % PN_RBW == 0 &&
-                                        PN_BAND <= 8) ? 1 : -1];
-/* Index of (row, block) in a packed [band][block][PN_BAND] array of nb blocks per row. */
-LR_INLINE int64_t pn_band_at(int64_t row, int64_t block, int64_t nb) {
-    return ((row / PN_BAND) * nb + block) * PN_BAND + row % PN_BAND;
+/* Rows per band of the packed activations: the height of the tiles that read them, so a tile is one
+ * band and reads one contiguous stream (tiles start at multiples of their row count; AVX-VNNI int8's
+ * tiles of 4 rows in bands of 8 ran 8% slower on Zen 4's EVEX stand-in).  At most 8: a live list entry
+ * keeps a bit per row of its band. */
+#define PN_BAND_OF(BITS, WIDE) ((WIDE) ? PN_RBW : PN_RB(BITS))
+typedef char pn_bands_fit_live_lists[(PN_RB(4) <= 8 && PN_RB(8) <= 8 && PN_RBW <= 8) ? 1 : -1];
+/* Index of (row, block) in a packed [band][block][band rows] array of nb blocks per row. */
+LR_INLINE int64_t pn_band_at(int64_t row, int64_t block, int64_t nb, const int64_t band) {
+    return ((row / band) * nb + block) * band + row % band;
 }
 
 #if PN_WIDE8
@@ -157,7 +159,7 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
     const lr_qmat *w = c->w;
     const lr_qact *a = c->a;
     const int64_t k = w->k, nb = k / LR_QK, ng = k / w->group, bpg = w->group / LR_QK;
-    const int64_t bb = BITS == 4 ? 256 : 512, ss = F16 ? 2 : 4;
+    const int64_t bb = BITS == 4 ? 256 : 512, ss = F16 ? 2 : 4, band = PN_BAND_OF(BITS, WIDE);
     const uint8_t *gp = w->panels + (p * ng + g0) * c->gb;
     const int32_t Bi = c->B;
     pn_vf acc[PN_RMAX][PN_SMAX];
@@ -189,7 +191,7 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
                 for (int v = 0; v < (BITS == 4 ? 4 : 8); v++)
                     _mm_prefetch((const char *)(blk + lr_panel_prefetch + 64 * v), _MM_HINT_T1);
             const int8_t *xo[PN_RMAX];
-            const int64_t pb = PACKED ? pn_band_at(r0, b, nb) : 0;   /* a tile lies within one band */
+            const int64_t pb = PACKED ? pn_band_at(r0, b, nb, band) : 0;   /* a tile lies within one band */
             const int8_t *pqb = PACKED ? c->pq + pb * LR_QK : NULL;
             const float *pdb = PACKED ? c->pd + pb : NULL;
             const int32_t *psb = PACKED ? c->ps + pb : NULL;
@@ -213,7 +215,7 @@ LR_INLINE void pn_tile(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0, int64
             }
         }
         if (PACKED && ASYM)
-            LR_UNROLL for (int r = 0; r < R; r++) sg[r] = c->pS[pn_band_at(r0, g, ng) + r];
+            LR_UNROLL for (int r = 0; r < R; r++) sg[r] = c->pS[pn_band_at(r0, g, ng, band) + r];
 #if PN_ACCG
         LR_UNROLL for (int s = 0; s < NS; s++) {
             const pn_vf dws = pn_scales(sp + (s0 + s) * PN_LANES * ss, F16);
@@ -239,9 +241,9 @@ LR_INLINE void pn_tile_sparse(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0
     const lr_qmat *w = c->w;
     const lr_qact *a = c->a;
     const int64_t nb = w->k / LR_QK, ng = w->k / w->group, bpg = w->group / LR_QK;
-    const int64_t bb = BITS == 4 ? 256 : 512, ss = F16 ? 2 : 4, band = r0 / PN_BAND;
-    const uint32_t *live = c->plive + band * nb, mine = ((1u << R) - 1) << (r0 % PN_BAND);
-    const int64_t nlive = c->pnlive[band], b0 = g0 * bpg, b1 = g1 * bpg;
+    const int64_t bb = BITS == 4 ? 256 : 512, ss = F16 ? 2 : 4, band = PN_BAND_OF(BITS, WIDE);
+    const uint32_t *live = c->plive + r0 / band * nb, mine = ((1u << R) - 1) << (r0 % band);
+    const int64_t nlive = c->pnlive[r0 / band], b0 = g0 * bpg, b1 = g1 * bpg;
     pn_vf acc[PN_RMAX][PN_SMAX];
     LR_UNROLL for (int r = 0; r < R; r++)
         LR_UNROLL for (int s = 0; s < NS; s++) acc[r][s] = pn_fzero();
@@ -249,7 +251,7 @@ LR_INLINE void pn_tile_sparse(const pn_ctx *c, int64_t r0, int64_t p, int64_t g0
     while (i < nlive && (int64_t)(live[i] >> 8) < b0) i++;
     for (; i < nlive && (int64_t)(live[i] >> 8) < b1; i++) {
         if (!(live[i] & mine)) continue;
-        const int64_t b = live[i] >> 8, pb = pn_band_at(r0, b, nb);
+        const int64_t b = live[i] >> 8, pb = pn_band_at(r0, b, nb, band);
         while (b >= gend) {   /* no division in the loop */
             g++;
             gend += bpg;
@@ -379,11 +381,12 @@ static void pn_init(pn_ctx *c, const lr_qmat *w, const lr_qact *a, float *y, int
     c->ldy = ldy;
     c->B = w->bits == 8 ? 128 : (w->panel_m ? 0 : 8);
     c->gb = pn_group_bytes(w);
+    c->band = PN_BAND_OF(w->bits, 0);
 }
 
 /* Whether the rows from a->skip_from on fill a band (so some tile lies wholly among them): only then are
  * they packed with live lists for pn_tile_sparse (a decode step's one residual row is not). */
-LR_INLINE int pn_sparse_rows(const lr_qact *a) { return a->rows - a->skip_from >= PN_BAND; }
+LR_INLINE int pn_sparse_rows(const lr_qact *a, int band) { return a->rows - a->skip_from >= band; }
 
 /* Room for the activations of a prefill call in bands (pn_ctx) in the calling thread's scratch (a copy of
  * rows * k bytes, small beside the GEMM), with PN_PACK_ACT or for the sparse rows from a->skip_from on
@@ -391,33 +394,33 @@ LR_INLINE int pn_sparse_rows(const lr_qact *a) { return a->rows - a->skip_from >
 static void pn_pack_alloc(pn_ctx *c) {
     const lr_qact *a = c->a;
     const int64_t k = a->k, nb = k / LR_QK, ng = k / c->w->group;
-    const int64_t prows = (a->rows + PN_BAND - 1) / PN_BAND * PN_BAND;   /* the last band's unused rows unread */
+    const int64_t band = c->band, prows = (a->rows + band - 1) / band * band;   /* the last band's unused rows unread */
     const int64_t qbytes = prows * k * (c->wide ? 2 : 1);
     const size_t bytes = (size_t)qbytes + (size_t)(prows * nb) * (sizeof(float) + sizeof(int32_t)) +
-                         (size_t)(prows * ng) * sizeof(float) + (size_t)(prows / PN_BAND) * (size_t)(nb + 1) * sizeof(uint32_t);
+                         (size_t)(prows * ng) * sizeof(float) + (size_t)(prows / band) * (size_t)(nb + 1) * sizeof(uint32_t);
     int8_t *q = (int8_t *)lr_thread_scratch(LR_SCRATCH_ACT, bytes);
     if (!q) return;
     c->pq = q;
     c->pd = (float *)(q + qbytes);
     c->ps = (int32_t *)(c->pd + prows * nb);
     c->pS = (float *)(c->ps + prows * nb);
-    if (pn_sparse_rows(a)) {
+    if (pn_sparse_rows(a, c->band)) {
         c->plive = (const uint32_t *)(c->pS + prows * ng);
-        c->pnlive = (const int32_t *)(c->plive + prows / PN_BAND * nb);
+        c->pnlive = (const int32_t *)(c->plive + prows / band * nb);
     }
 }
 
 /* Packs activation rows [r0, r1) of one band. */
 static void pn_pack_rows(const pn_ctx *c, int64_t r0, int64_t r1) {
     const lr_qact *a = c->a;
-    const int64_t k = a->k, nb = k / LR_QK, bpg = c->w->group / LR_QK, ng = k / c->w->group;
+    const int64_t k = a->k, nb = k / LR_QK, bpg = c->w->group / LR_QK, ng = k / c->w->group, band = c->band;
     int8_t *q = (int8_t *)c->pq;
     float *d = (float *)c->pd, *S = (float *)c->pS;
     int32_t *sum = (int32_t *)c->ps;
     if (!PN_PACK_ACT && r1 <= a->skip_from) return;   /* dense tiles read these rows unpacked */
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t b = 0; b < nb; b++) {
-            const int64_t at = pn_band_at(r, b, nb);
+            const int64_t at = pn_band_at(r, b, nb, band);
             if (c->wide)
                 for (int i = 0; i < LR_QK; i++) ((int16_t *)q)[at * LR_QK + i] = a->q[r * k + b * LR_QK + i];
             else memcpy(q + at * LR_QK, a->q + r * k + b * LR_QK, LR_QK);
@@ -427,18 +430,18 @@ static void pn_pack_rows(const pn_ctx *c, int64_t r0, int64_t r1) {
         for (int64_t g = 0; g < (c->w->panel_m ? ng : 0); g++) {   /* for the offsets m */
             float sg = 0.0f;   /* the order of the unpacked tiles' running sum */
             for (int64_t b = g * bpg; b < (g + 1) * bpg; b++) sg += a->d[r * nb + b] * (float)a->sum[r * nb + b];
-            S[pn_band_at(r, g, ng)] = sg;
+            S[pn_band_at(r, g, ng, band)] = sg;
         }
     }
     if (!c->plive || r1 <= a->skip_from) return;   /* the live lists serve only pn_tile_sparse */
-    uint32_t *live = (uint32_t *)c->plive + (r0 / PN_BAND) * nb;
+    uint32_t *live = (uint32_t *)c->plive + (r0 / band) * nb;
     int32_t n = 0;
     for (int64_t b = 0; b < nb; b++) {
         uint32_t bits = 0;
-        for (int64_t r = r0; r < r1; r++) bits |= (uint32_t)(a->d[r * nb + b] != 0.0f) << (r % PN_BAND);
+        for (int64_t r = r0; r < r1; r++) bits |= (uint32_t)(a->d[r * nb + b] != 0.0f) << (r % band);
         if (bits) live[n++] = (uint32_t)b << 8 | bits;
     }
-    ((int32_t *)c->pnlive)[r0 / PN_BAND] = n;
+    ((int32_t *)c->pnlive)[r0 / band] = n;
 }
 
 /* Activation rows [r0, r1) x panels [p0, p1), panels split between the threads. */
@@ -451,9 +454,10 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
     LR_OMP(parallel if (par))
     {
         if (c->pq) {   /* the packed activations, bands shared out (the loop ends in a barrier) */
+            const int64_t band = c->band;
             LR_OMP(for schedule(static))
-            for (int64_t i = r0 / PN_BAND; i < (r1 + PN_BAND - 1) / PN_BAND; i++)
-                pn_pack_rows(c, lr_max64(i * PN_BAND, r0), lr_min64((i + 1) * PN_BAND, r1));
+            for (int64_t i = r0 / band; i < (r1 + band - 1) / band; i++)
+                pn_pack_rows(c, lr_max64(i * band, r0), lr_min64((i + 1) * band, r1));
         }
         /* panels handed out in shrinking runs (guided): threads rarely get equal shares of the memory
          * bandwidth, so equal static shares would leave one waiting at the end of every layer, and
@@ -466,12 +470,14 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
 LR_UNUSED static void x86_qgemm_i8_panels(const lr_qmat *w, const lr_qact *a, float *y, int64_t ldy) {
     pn_ctx c;
     pn_init(&c, w, a, y, ldy);
-    if ((PN_PACK_ACT || pn_sparse_rows(a)) && a->rows > PN_RD) {
 #if PN_WIDE8
-        c.wide = pn_use_wide(w, a);
+    c.wide = a->rows > PN_RD && pn_use_wide(w, a);
 #endif
-        pn_pack_alloc(&c);
-        if (!c.pq) c.wide = 0;   /* unpacked rows: the int8 step */
+    c.band = PN_BAND_OF(w->bits, c.wide);
+    if ((PN_PACK_ACT || pn_sparse_rows(a, c.band)) && a->rows > PN_RD) pn_pack_alloc(&c);
+    if (!c.pq) {   /* unpacked rows: the int8 step */
+        c.wide = 0;
+        c.band = PN_BAND_OF(w->bits, 0);
     }
     pn_run(&c, 0, a->rows, 0, (w->n + LR_PANEL - 1) / LR_PANEL);
 }
