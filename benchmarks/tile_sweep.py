@@ -40,7 +40,8 @@ SHAPES = [(2560, 2048), (2048, 2048), (11264, 2048), (2048, 5632)]
 
 # Candidates per tier and weight bits besides the shipped shape: PN_RB<bits> activation rows and PN_NSB<bits>
 # weight slots (of 8 rows) per tile; SPLIT 0 (PN_VNNI_INT4_SPLIT=0) keeps AVX-VNNI int4's high nibbles in place,
-# in a second accumulator per row, instead of AVX2's nibble split (shipped). The packed activations come in bands
+# in a second accumulator per row, instead of AVX2's nibble split (shipped); CH 2 (PN_VNNI_INT8_CHAINS=2) gives
+# AVX-VNNI int8 two accumulators per row and slot instead of one (shipped). The packed activations come in bands
 # of the tile's height.
 # AVX2 int8 prefill runs on widened weights (PN_WIDE8): RBW rows x NSBW slots per tile (RBW divides the band of
 # 8 rows); WIDE 0 is the int8 step (sign + maddubs + madd) in its tile of 8 rows x 1 slot.
@@ -49,7 +50,8 @@ CANDIDATES = {
     ("avx2", 8): [{"WIDE": 0}, {"RBW": 8, "NSBW": 1}, {"RBW": 4, "NSBW": 1}, {"RBW": 2, "NSBW": 2}],
     ("avx_vnni", 4): [{"RB": 4, "NSB": 1, "SPLIT": 0}, {"RB": 6, "NSB": 1, "SPLIT": 0}, {"RB": 8, "NSB": 1, "SPLIT": 0},
                       {"RB": 2, "NSB": 2, "SPLIT": 0}, {"RB": 4, "NSB": 1}, {"RB": 6, "NSB": 1}, {"RB": 2, "NSB": 2}],
-    ("avx_vnni", 8): [{"RB": 2, "NSB": 2}, {"RB": 8, "NSB": 1}, {"RB": 4, "NSB": 2}],
+    ("avx_vnni", 8): [{"RB": 2, "NSB": 2, "CH": 2}, {"RB": 4, "NSB": 1, "CH": 2}, {"RB": 4, "NSB": 1},
+                      {"RB": 3, "NSB": 2}, {"RB": 5, "NSB": 2}, {"RB": 8, "NSB": 1}],
 }
 
 
@@ -60,7 +62,7 @@ def candidate_name(c: dict[str, int] | None) -> str:
         return "int8 step, 8 rows x 1 slot"
     rows, slots = (c["RBW"], c["NSBW"]) if "RBW" in c else (c["RB"], c["NSB"])
     return (("widened, " if "RBW" in c else "") + f"{rows} rows x {slots} slot{'s' if slots > 1 else ''}" +
-            (", nibbles in place" if c.get("SPLIT") == 0 else ""))
+            (", nibbles in place" if c.get("SPLIT") == 0 else "") + (", two chains" if c.get("CH") == 2 else ""))
 
 
 def candidate_defines(c: dict[str, int] | None, bits: int) -> list[str]:
@@ -71,7 +73,7 @@ def candidate_defines(c: dict[str, int] | None, bits: int) -> list[str]:
     if "RBW" in c:
         return [f"-DPN_RBW={c['RBW']}", f"-DPN_NSBW={c['NSBW']}"]
     return [f"-DPN_RB{bits}={c['RB']}", f"-DPN_NSB{bits}={c['NSB']}",
-            f"-DPN_VNNI_INT4_SPLIT={c.get('SPLIT', 1)}"]
+            f"-DPN_VNNI_INT4_SPLIT={c.get('SPLIT', 1)}", f"-DPN_VNNI_INT8_CHAINS={c.get('CH', 1)}"]
 
 
 def compiler() -> str:

@@ -72,20 +72,21 @@ def test_a_build_with_other_instructions_is_named(tool, objects, target, wrong, 
 # ---- tile_sweep.py
 
 def test_tile_sweep_candidates_compute_what_the_shipped_kernels_do(monkeypatch):
-    """A candidate tile (on AVX-VNNI the int4 high nibbles kept in place) is built and run for real on the best 256-bit tier
-    this CPU has, on shapes with partial panels and partial row tiles."""
+    """A candidate tile (on AVX-VNNI int4 with the high nibbles kept in place and int8 in two chains) is built
+    and run for real on the best 256-bit tier this CPU has, on shapes with partial panels and partial row tiles."""
     sweep = benchmark_module("tile_sweep")
     monkeypatch.setenv("CC", compiler()[0])
     tiers = _ops.supported_tiers()
-    if "avx_vnni" in tiers:
-        tier, candidate = "avx_vnni", {"RB": 4, "NSB": 1, "SPLIT": 0}   # a step of its own, not only a shape
+    if "avx_vnni" in tiers:   # steps of their own, not only shapes: int4 nibbles in place, int8 two chains
+        tier, candidates = "avx_vnni", {4: {"RB": 4, "NSB": 1, "SPLIT": 0}, 8: {"RB": 2, "NSB": 2, "CH": 2}}
     elif "avx2" in tiers:
-        tier, candidate = "avx2", {"RB": 6, "NSB": 1}
+        tier, candidates = "avx2", {4: {"RB": 6, "NSB": 1}}
     else:
         pytest.skip("this CPU runs no 256-bit tier")
-    monkeypatch.setattr(sweep, "CANDIDATES", {(tier, 4): [candidate]})   # compiling is the time: one candidate
-    assert sweep.main([tier, "--bits", "4", "--rows", "21", "--shapes", "40x256", "72x512", "--seconds", "0",
-                       "--rounds", "1", "--opt", "1"]) == 0
+    # compiling is the time: one candidate per width
+    monkeypatch.setattr(sweep, "CANDIDATES", {(tier, bits): [c] for bits, c in candidates.items()})
+    assert sweep.main([tier, "--bits", *map(str, candidates), "--rows", "21", "--shapes", "40x256", "72x512",
+                       "--seconds", "0", "--rounds", "1", "--opt", "1"]) == 0
 
 
 def test_avx2_int8_widened_tiles_compute_what_the_int8_step_does(monkeypatch):

@@ -25,11 +25,12 @@
  * AVX2 one slot x 8 rows (Zen 4: int4 112 GMAC/s against 100 for 4 rows; a weight vector's nibble split
  * serves more rows, and the float sums the compiler keeps in memory cost loads and stores, not vector ALU
  * slots; int8 prefill runs widened, PN_RBW below).  AVX-VNNI int4 the same tile with the high nibbles
- * shifted down into one accumulator per row (PN_VNNI_INT4_SPLIT), int8 one slot x 4 rows: on Zen 4's
- * EVEX stand-in 120 GMAC/s against 102 for one slot x 4 rows with the nibbles in place, and 101 against 87
- * for both slots x 2 rows.  The earlier shapes (those two) had been chosen on Sapphire Rapids' VEX encoding
- * from candidates without the split, and for int8 before prefill read panels in 16 KiB chunks (then a pass
- * per slot over an int8 panel missed L1); re-check them with tile_sweep.py on an AVX-VNNI core. */
+ * shifted down into one accumulator per row (PN_VNNI_INT4_SPLIT), int8 both slots x 4 rows with one
+ * accumulator each (PN_VNNI_INT8_CHAINS): on Zen 4's EVEX stand-in 124 GMAC/s against 108 for one slot x 4
+ * rows with the nibbles in place, and 133 against 92 for both slots x 2 rows with two accumulators each.
+ * The earlier shapes (those two) had been chosen on Sapphire Rapids' VEX encoding from candidates without
+ * these steps, and for int8 before prefill read panels in 16 KiB chunks (then a pass per slot over an int8
+ * panel missed L1); re-check them with tile_sweep.py on an AVX-VNNI core. */
 #ifndef PN_RB4
 #define PN_RB4 8
 #endif
@@ -40,12 +41,17 @@
 #define PN_RB8 (LR_VNNI ? 4 : 8)
 #endif
 #ifndef PN_NSB8
-#define PN_NSB8 1
+#define PN_NSB8 (LR_VNNI ? 2 : 1)
 #endif
 /* AVX-VNNI int4, 1: the high nibbles shifted down as on AVX2, both dot products into one accumulator;
  * 0: kept in place (16 u) in a second accumulator, one shift per block instead of one per weight vector. */
 #ifndef PN_VNNI_INT4_SPLIT
 #define PN_VNNI_INT4_SPLIT 1
+#endif
+/* AVX-VNNI int8: accumulators per row and slot, 1, or 2 taking alternate weight vectors (shorter chains of
+ * dependent dpbusd, for tiles with fewer of them in flight). */
+#ifndef PN_VNNI_INT8_CHAINS
+#define PN_VNNI_INT8_CHAINS 1
 #endif
 #define PN_RB(BITS) ((BITS) == 8 ? PN_RB8 : PN_RB4)
 #define PN_NSB(BITS) ((BITS) == 8 ? PN_NSB8 : PN_NSB4)
@@ -158,13 +164,13 @@ LR_INLINE pn_a8 pn_a8_init(pn_vi init) {
     return a;
 }
 LR_INLINE pn_a8 pn_a8_step(pn_a8 a, pn_w8 w, pn_vi x, const int odd) {
-    if (odd) a.i1 = lr_dpbusd256(a.i1, w, x);
+    if (odd && PN_VNNI_INT8_CHAINS == 2) a.i1 = lr_dpbusd256(a.i1, w, x);
     else a.i0 = lr_dpbusd256(a.i0, w, x);
     return a;
 }
 LR_INLINE pn_vi pn_a8_end(pn_a8 a, pn_vi init) {
     (void)init;
-    return _mm256_add_epi32(a.i0, a.i1);
+    return PN_VNNI_INT8_CHAINS == 2 ? _mm256_add_epi32(a.i0, a.i1) : a.i0;
 }
 #else
 LR_INLINE pn_w8 pn_prep8(pn_vi v) {
