@@ -48,8 +48,8 @@ SHAPES = [(2560, 2048), (2048, 2048), (11264, 2048), (2048, 5632)]
 CANDIDATES = {
     ("avx2", 4): [{"RB": 4, "NSB": 1}, {"RB": 6, "NSB": 1}, {"RB": 4, "NSB": 2}],
     ("avx2", 8): [{"WIDE": 0}, {"RBW": 8, "NSBW": 1}, {"RBW": 4, "NSBW": 1}, {"RBW": 2, "NSBW": 2}],
-    ("avx_vnni", 4): [{"RB": 4, "NSB": 1, "SPLIT": 0}, {"RB": 6, "NSB": 1, "SPLIT": 0}, {"RB": 8, "NSB": 1, "SPLIT": 0},
-                      {"RB": 2, "NSB": 2, "SPLIT": 0}, {"RB": 4, "NSB": 1}, {"RB": 6, "NSB": 1}, {"RB": 2, "NSB": 2}],
+    ("avx_vnni", 4): [{"RB": 4, "NSB": 1, "SPLIT": 0}, {"RB": 2, "NSB": 2, "SPLIT": 0}, {"RB": 8, "NSB": 1},
+                      {"RB": 6, "NSB": 1}, {"RB": 2, "NSB": 2}, {"RB": 4, "NSB": 2}],
     ("avx_vnni", 8): [{"RB": 2, "NSB": 2, "CH": 2}, {"RB": 4, "NSB": 1, "CH": 2}, {"RB": 4, "NSB": 1},
                       {"RB": 3, "NSB": 2}, {"RB": 5, "NSB": 2}, {"RB": 8, "NSB": 1}],
 }

@@ -24,18 +24,19 @@
 /* Tile shapes, measured on the 1.1B MLP shapes (128 rows, one core; benchmarks/tile_sweep.py):
  * AVX2 one slot x 8 rows (Zen 4: int4 112 GMAC/s against 100 for 4 rows; a weight vector's nibble split
  * serves more rows, and the float sums the compiler keeps in memory cost loads and stores, not vector ALU
- * slots; int8 prefill runs widened, PN_RBW below).  AVX-VNNI int4 the same tile with the high nibbles
- * shifted down into one accumulator per row (PN_VNNI_INT4_SPLIT), int8 both slots x 4 rows with one
- * accumulator each (PN_VNNI_INT8_CHAINS): on Zen 4's EVEX stand-in 124 GMAC/s against 108 for one slot x 4
- * rows with the nibbles in place, and 133 against 92 for both slots x 2 rows with two accumulators each.
- * The earlier shapes (those two) had been chosen on Sapphire Rapids' VEX encoding from candidates without
- * these steps, and for int8 before prefill read panels in 16 KiB chunks (then a pass per slot over an int8
- * panel missed L1); re-check them with tile_sweep.py on an AVX-VNNI core. */
+ * slots; int8 prefill runs widened, PN_RBW below).  AVX-VNNI both slots, sharing each activation broadcast,
+ * with one accumulator per row and slot: int4 x 3 rows with the high nibbles shifted down as on AVX2
+ * (PN_VNNI_INT4_SPLIT), int8 x 4 rows (PN_VNNI_INT8_CHAINS).  On Zen 4's EVEX stand-in int4 128 GMAC/s
+ * against 119 for one slot x 8 rows and 108 for one slot x 4 rows with the nibbles in place, int8 131
+ * against 88 for both slots x 2 rows with two accumulators each.  Those two had been chosen on Sapphire
+ * Rapids' VEX encoding from candidates without these steps, and for int8 before prefill read panels in
+ * 16 KiB chunks (then a pass per slot over an int8 panel missed L1); re-check with tile_sweep.py on an
+ * AVX-VNNI core. */
 #ifndef PN_RB4
-#define PN_RB4 8
+#define PN_RB4 (LR_VNNI ? 3 : 8)
 #endif
 #ifndef PN_NSB4
-#define PN_NSB4 1
+#define PN_NSB4 (LR_VNNI ? 2 : 1)
 #endif
 #ifndef PN_RB8
 #define PN_RB8 (LR_VNNI ? 4 : 8)
