@@ -2,7 +2,7 @@
  * The 256-bit vocabulary of panel_gemm.h: a 64-byte panel vector is two 32-byte slots of 8 weight
  * rows, so a dot against a broadcast activation dword gives 8 rows' block sums in the 8 lanes.
  * Up to PN_RD activation rows (decode) a tile covers both slots of a panel, sharing each broadcast;
- * with more rows a tile covers one slot and PN_RB rows (see PN_RB).
+ * with more rows a tile covers PN_NSB slots and PN_RB rows (see PN_RB).
  *
  * AVX-VNNI (dpbusd): int4 both nibbles as 0..15 into one accumulator (PN_VNNI_INT4_SPLIT; 0: as the
  * 512-bit kernel, low nibbles and in-place high nibbles (16 u) in two), int8 as stored (q + 128) against
