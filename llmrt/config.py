@@ -103,6 +103,8 @@ class ModelConfig:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                      "intermediate_size", "max_position_embeddings"):
             v.as_int(getattr(self, name), name, min_value=1)
+        for name in ("num_layers", "num_heads", "num_kv_heads", "head_dim"):
+            v.as_int(getattr(self, name), name, max_value=v.MAX_COUNT)
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         rot = v.as_int(self.rotary_dim, "rotary_dim", min_value=0)

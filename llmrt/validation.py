@@ -17,6 +17,10 @@ from llmrt.errors import ConfigError, LlmrtError, UnsupportedError
 
 # sizes are C ints in the kernels and the engine
 MAX_SIZE = 2 ** 31 - 1
+# layers, heads and head width: per-layer and per-head tables (windows, rotary frequencies, ALiBi
+# slopes) are built from the config before any weight is read, so absurd counts are refused, not
+# allocated (real models: <= 128 layers or heads, heads <= 512 wide)
+MAX_COUNT = 2 ** 16
 
 REQUIRED: Any = object()       # default= of a field that must be present
 

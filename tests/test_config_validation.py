@@ -77,6 +77,8 @@ def edited_copy(tiny_models, tmp_path, name: str, config=None, tensors=None):
     ("llama-mha-untied", "intermediate_size", 2 ** 40, "'intermediate_size' must be at most"),
     ("llama-mha-untied", "max_position_embeddings", 0, "'max_position_embeddings' must be at least 1"),
     ("mistral-window", "sliding_window", -1, "'sliding_window' must be at least 0"),
+    ("qwen2-window-layers", "num_hidden_layers", 2 ** 30, "'num_hidden_layers' must be at most 65536"),
+    ("llama-mha-untied", "head_dim", 1e9, "head_dim must be at most 65536, got 1000000000"),
     ("llama-mha-untied", "tie_word_embeddings", "false", "'tie_word_embeddings' must be true or false"),
     ("llama-mha-untied", "tie_word_embeddings", 0, "'tie_word_embeddings' must be true or false"),
     ("neox-pct25-parallel", "use_parallel_residual", "false", "'use_parallel_residual' must be true or false"),
@@ -167,7 +169,8 @@ def test_special_ids_outside_the_vocabulary_are_dropped_with_a_warning():
                                          ("tie_word_embeddings", "false"), ("vocab_size", 10.5),
                                          ("layer_windows", [0]), ("pad_token_id", 2.5), ("positions", "sinusoid"),
                                          ("rope_scaling", {"rope_type": "yarn", "factor": 2.0}),
-                                         ("rope_theta", 1e-300)])
+                                         ("rope_theta", 1e-300), ("head_dim", 10 ** 9), ("num_heads", 2 ** 31),
+                                         ("num_kv_heads", 2 ** 17), ("num_layers", 2 ** 20)])
 def test_model_config_validate(field, value):
     """The check every load path (HF, GGUF, .llmrt) goes through before the engine is built."""
     base = dict(family="llama", vocab_size=10, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
