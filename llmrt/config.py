@@ -100,11 +100,10 @@ class ModelConfig:
         return self
 
     def _check_shape(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                     "intermediate_size", "max_position_embeddings"):
-            v.as_int(getattr(self, name), name, min_value=1)
         for name in ("num_layers", "num_heads", "num_kv_heads", "head_dim"):
-            v.as_int(getattr(self, name), name, max_value=v.MAX_COUNT)
+            v.as_int(getattr(self, name), name, min_value=1, max_value=v.MAX_COUNT)
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "max_position_embeddings"):
+            v.as_int(getattr(self, name), name, min_value=1)
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         rot = v.as_int(self.rotary_dim, "rotary_dim", min_value=0)

@@ -122,6 +122,11 @@ def field_size(d: Mapping, *names: str, default: Any = REQUIRED) -> int:
     return field_int(d, *names, default=default, min_value=1)
 
 
+def field_count(d: Mapping, *names: str, default: Any = REQUIRED) -> int:
+    """A positive count of layers or heads, or a head width: at most MAX_COUNT."""
+    return field_int(d, *names, default=default, min_value=1, max_value=MAX_COUNT)
+
+
 def field_float(d: Mapping, *names: str, default: Any = REQUIRED, positive: bool = False,
                 min_value: float | None = None) -> float:
     return _field(d, names, default, lambda v, f: as_float(v, f, positive=positive, min_value=min_value))

@@ -404,7 +404,7 @@ static void pn_pack_alloc(pn_ctx *c) {
     c->pd = (float *)(q + qbytes);
     c->ps = (int32_t *)(c->pd + prows * nb);
     c->pS = (float *)(c->ps + prows * nb);
-    if (pn_sparse_rows(a, c->band)) {
+    if (pn_sparse_rows(a, band)) {
         c->plive = (const uint32_t *)(c->pS + prows * ng);
         c->pnlive = (const int32_t *)(c->plive + prows / band * nb);
     }
@@ -472,8 +472,8 @@ LR_UNUSED static void x86_qgemm_i8_panels(const lr_qmat *w, const lr_qact *a, fl
     pn_init(&c, w, a, y, ldy);
 #if PN_WIDE8
     c.wide = a->rows > PN_RD && pn_use_wide(w, a);
-#endif
     c.band = PN_BAND_OF(w->bits, c.wide);
+#endif
     if ((PN_PACK_ACT || pn_sparse_rows(a, c.band)) && a->rows > PN_RD) pn_pack_alloc(&c);
     if (!c.pq) {   /* unpacked rows: the int8 step */
         c.wide = 0;

@@ -26,8 +26,9 @@ import numpy as np
 from llmrt.config import ModelConfig
 from llmrt.errors import ConfigError, UnsupportedError
 # the typed field readers, imported by the families from here
-from llmrt.validation import (describe, field_bool, field_dict, field_float, field_int, field_list,  # noqa: F401
-                              field_size, field_str, field_token_ids, named_source, rope_scaling, source_label)
+from llmrt.validation import (describe, field_bool, field_count, field_dict, field_float, field_int,  # noqa: F401
+                              field_list, field_size, field_str, field_token_ids, named_source, rope_scaling,
+                              source_label)
 
 Tensors = Iterator[tuple[str, np.ndarray]]
 

@@ -7,8 +7,7 @@ from typing import Mapping
 
 from llmrt.config import ModelConfig
 from llmrt.errors import ConfigError, UnsupportedError
-from llmrt.validation import MAX_COUNT
-from llmrt.models.base import field_bool, field_int, field_list, register, rename_tensors
+from llmrt.models.base import field_bool, field_count, field_int, field_list, register, rename_tensors
 from llmrt.models.llama import GGUF_GLOBAL_NAMES, GGUF_LAYER_NAMES, Llama
 
 _LAYER_TYPES = ("sliding_attention", "full_attention")
@@ -17,7 +16,7 @@ _LAYER_TYPES = ("sliding_attention", "full_attention")
 def layer_windows(hf: Mapping) -> list[int] | None:
     """One window per layer from layer_types (transformers 5 writes it) or, in older configs, from
     use_sliding_window / sliding_window / max_window_layers."""
-    n = field_int(hf, "num_hidden_layers", min_value=1, max_value=MAX_COUNT)
+    n = field_count(hf, "num_hidden_layers")
     types = field_list(hf, "layer_types")
     window = field_int(hf, "sliding_window", default=0, min_value=0)
     use_window = field_bool(hf, "use_sliding_window", default=False)
