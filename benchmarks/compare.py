@@ -3,7 +3,8 @@
 memory bandwidth measured in the same run; prints tokens/s, the ratios and the decode roofline use.
 
 Needs ../shared/anchors' setup (llama-cpp-python in $ANCHORS_DIR/venv-lcpp, the anchor models and their
-GGUF conversions, the membw probe):  ANCHORS_DIR=~/anchors bash ../shared/anchors/setup.sh membw models lcpp
+GGUF conversions, the membw probe); the set-up script takes one step per call:
+    for step in membw models lcpp; do ANCHORS_DIR=~/anchors bash ../shared/anchors/setup.sh $step; done
 
     python benchmarks/compare.py                                  # every goal of the performance issue
     python benchmarks/compare.py --cases llama-1.1b:int4_g32 --pairs 3
