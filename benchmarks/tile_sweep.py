@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=0.5, help="timing per candidate, shape and round (best call)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--opt", choices=("1", "2", "3"), default="3",
-                    help="-O level of every build (the library's is 3; 1 checks the candidates' results in half the "
-                         "compiling time, its speeds mean nothing)")
+    ap.add_argument("--opt", choices=("0", "1", "2", "3"), default="3",
+                    help="-O level of every build (the library's is 3; 0 checks the candidates' results in a sixth "
+                         "of the compiling time, its speeds mean nothing)")
     ap.add_argument("--shapes", nargs="+", metavar="NxK", help="matrix shapes (default: the 1.1B model's)")
     args = ap.parse_args(argv)
     shapes = SHAPES

@@ -12,6 +12,7 @@ from transformers import LogitsProcessor
 
 from conftest import build_tiny_model
 from llmrt import AutoModelForCausalLM, WeightOnlyQuantConfig
+from llmrt.evaluation import target_log_probs
 from llmrt.model import Model
 
 FP32 = WeightOnlyQuantConfig(weight_dtype="fp32", compute_dtype="fp32")
@@ -241,12 +242,10 @@ def _sliding_baseline(model, text: np.ndarray, stride: int = 64) -> float:
         starts.append(text.size - SMOL_CTX)
     for start in starts:
         w = text[start:start + SMOL_CTX]
-        logits = model(w[None]).logits[0].astype(np.float64)
-        m = logits.max(-1, keepdims=True)
-        logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+        logp = target_log_probs(model(w[None]).logits[0][:-1], w[1:])   # logp[j - 1]: token j's
         for j in range(1, SMOL_CTX):
             if np.isnan(nll[start + j]):
-                nll[start + j] = -logp[j - 1, w[j]]
+                nll[start + j] = -logp[j - 1]
     assert not np.isnan(nll[1:]).any()
     return float(np.exp(np.mean(nll[SMOL_CTX:])))
 
