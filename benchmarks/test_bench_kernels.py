@@ -37,3 +37,22 @@ def test_qgemm_int8_compute(benchmark, tier, rows, fmt, shape):
     benchmark.extra_info.update(gmacs=n * k * rows / 1e9, weight_bytes=lin.nbytes)
     benchmark(lin, x)
     _ops.set_isa(None)
+
+
+# fp32 / bf16 compute (dequantized weights, float activations): decode's dot-product tiles (1 row) and
+# prefill's row-vector tiles (64 rows), SmolLM2's and the 1.1B model's shapes
+FLOAT_SHAPES = [(1536, 576), (576, 1536), (5632, 2048)]
+
+
+@pytest.mark.parametrize("tier", [t for t in _ops.supported_tiers() if t != "ref"])
+@pytest.mark.parametrize("rows", [1, 64])
+@pytest.mark.parametrize("compute", ["fp32", "bf16"])
+@pytest.mark.parametrize("shape", FLOAT_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_qgemm_float_compute(benchmark, tier, rows, compute, shape):
+    _ops.set_isa(tier)
+    n, k = shape
+    lin = _linear(FORMATS["int4_g32"], n, k, compute)
+    x = np.random.default_rng(1).standard_normal((rows, k), dtype=np.float32)
+    benchmark.extra_info.update(gmacs=n * k * rows / 1e9, weight_bytes=lin.nbytes)
+    benchmark(lin, x)
+    _ops.set_isa(None)

@@ -10,9 +10,11 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define LR_INLINE static inline __attribute__((always_inline))
+#define LR_NOINLINE static __attribute__((noinline))
 #define LR_UNUSED __attribute__((unused))
 #else
 #define LR_INLINE static __forceinline
+#define LR_NOINLINE static __declspec(noinline)
 #define LR_UNUSED
 #endif
 
