@@ -224,13 +224,14 @@ LR_INLINE void ft_span_rv(const ft_ctx *c, const float *xt, float *wx, int64_t r
             const int64_t len = lr_min64(FT_KC, k - i0);
             for (int64_t j = j0; j < j1; j += FT_JB) {
                 const int J = (int)lr_min64(FT_JB, j1 - j);
-                const float *w = c->wf + j * k + i0;
-                int64_t ldw = k;
-                if (SRC != FT_F32) {
+                const float *w = wx;   /* dense fp32 weights are read where they are */
+                int64_t ldw = FT_KC;
+                if (SRC == FT_F32) {
+                    w = c->wf + j * k + i0;
+                    ldw = k;
+                } else {
                     ft_prefetch_rows(c, j + FT_JB, lr_min64(j + 2 * FT_JB, j1), i0, len, SRC);
                     for (int jj = 0; jj < J; jj++) ft_expand(c, j + jj, i0, len, wx + jj * FT_KC, SRC, RND);
-                    w = wx;
-                    ldw = FT_KC;
                 }
                 for (int64_t v = v0; v < v1; v++) {
                     const float *xv = xt + (v * k + i0) * FT_RV;
