@@ -65,9 +65,9 @@ class Comparison:
             self.nll -= float((x[rows, t] - logz).sum())
             self.ref_nll -= float((r[rows, t] - ref_logz).sum())
             self.top1_same += int((x.argmax(-1) == r.argmax(-1)).sum())
-            # KL(ref || model) = sum_v p_v (rp_v - lp_v), with p = er / sum(er), rp - lp = (r - x) - ref_logz + logz
+            # KL(ref || model) = sum_v p_v (rp_v - lp_v), with p = er / exp(ref_logz), rp - lp = (r - x) - ref_logz + logz
             r -= x
-            self.kl += float((np.einsum("ij,ij->i", er, r) / er.sum(-1) - ref_logz + logz).sum())
+            self.kl += float((np.einsum("ij,ij->i", er, r) / np.exp(ref_logz) - ref_logz + logz).sum())
         self.count += len(targets)
 
     @property
