@@ -449,15 +449,17 @@ def attention_ref(q, kc, vc, pos0, n_kv, scale, kv_begin=0, window=0, slopes=Non
 
 ATTN_CASES = list(itertools.product(
     [np.float16, np.float32],                  # cache dtype
-    [(4, 4), (8, 2), (4, 1), (16, 2), (6, 1)],  # (n_head, n_kv_head): MHA, GQA, MQA; groups of 8, 4 + 2 single
+    [(4, 4), (8, 2), (4, 1), (16, 2), (6, 1), (9, 3)],  # (n_head, n_kv_head): MHA, GQA, MQA; groups of 8, 6, 4, 3
     [(0, 0), (3, 0), (2, 5)],                  # (kv_begin, window)
     [False, True],                             # alibi
 ))
 
 
 # (head_dim, ctx, n_tok, pos0): head sizes that are not multiples of 16 (40) or of 8 (20, also decode);
-# several query blocks, key tiles and head_dim > 64; one decode row at the end of the cache
-ATTN_SHAPES = [(40, 24, 5, 9), (20, 30, 3, 20), (20, 30, 1, 29), (128, 100, 40, 50), (64, 70, 1, 69)]
+# several query blocks, key tiles and head_dim > 64; one decode row at the end of the cache; several
+# query blocks for every group size (an MHA block has 128 tokens)
+ATTN_SHAPES = [(40, 24, 5, 9), (20, 30, 3, 20), (20, 30, 1, 29), (128, 100, 40, 50), (64, 70, 1, 69),
+               (24, 200, 140, 40)]
 
 
 @pytest.mark.parametrize("tier", TIERS)
