@@ -196,19 +196,24 @@ LR_INLINE void at_rows(const lr_attn_args *a, const at_row *rw, const int NR, co
             nv[v] = left >= AT_KT ? AT_KT : (left > 0 ? left : 0);
             LR_UNROLL for (int r = 0; r < NR; r++) LR_UNROLL for (int c = 0; c < PC; c++) acc[r][c][v] = at_zero();
         }
-#define AT_PV(C, J)                                                                                        \
+        int full = 1;   /* every vector of the pass whole: loads with no lane count to test per key */
+        LR_UNROLL for (int v = 0; v < DV; v++) full &= nv[v] == AT_KT;
+#define AT_PV(C, J, N)                                                                                     \
     LR_UNROLL for (int v = 0; v < DV; v++)                                                                 \
-        if (nv[v]) {                                                                                       \
+        if (N) {                                                                                           \
             const int32_t dd = d0 + AT_KT * v;                                                             \
-            const at_vf val = DIRECT ? at_load_n(kv->vb, a->kv_f16, (J) * hd + dd, nv[v])                 \
-                                     : at_load_fn(kv->vr + ((J) - j0) * hd + dd, nv[v]);                  \
+            const at_vf val = DIRECT ? at_load_n(kv->vb, a->kv_f16, (J) * hd + dd, N)                      \
+                                     : at_load_fn(kv->vr + ((J) - j0) * hd + dd, N);                       \
             LR_UNROLL for (int r = 0; r < NR; r++)                                                         \
                 acc[r][C][v] = at_fma(at_set1(scores[r * ns + (J) - jbase]), val, acc[r][C][v]);           \
         }
         int64_t j = lo;
+        if (full)
+            for (; j + PC - 1 <= pos; j += PC)
+                LR_UNROLL for (int c = 0; c < PC; c++) AT_PV(c, j + c, AT_KT)
         for (; j + PC - 1 <= pos; j += PC)
-            LR_UNROLL for (int c = 0; c < PC; c++) AT_PV(c, j + c)
-        for (; j <= pos; j++) AT_PV(0, j)
+            LR_UNROLL for (int c = 0; c < PC; c++) AT_PV(c, j + c, nv[v])
+        for (; j <= pos; j++) AT_PV(0, j, nv[v])
 #undef AT_PV
         LR_UNROLL for (int v = 0; v < DV; v++)
             if (nv[v])
