@@ -482,7 +482,7 @@ def test_attention(use_tier, tier, dtype, heads, span, alibi, shape):
 
 
 @pytest.mark.parametrize("tier", TIERS)
-@pytest.mark.parametrize("rows,ff", [(1, 37), (3, 64), (40, 5632)])
+@pytest.mark.parametrize("rows,ff", [(1, 37), (3, 64), (40, 5632), (20, 5635)])
 def test_silu_mul(use_tier, tier, rows, ff):
     use_tier(tier)
     rng = np.random.default_rng(rows * ff)
@@ -510,7 +510,7 @@ def _activation_ref(x: np.ndarray, kind: str) -> np.ndarray:
 
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("kind", ["silu", "gelu", "gelu_tanh", "relu"])
-@pytest.mark.parametrize("n", [1, 13, 70000])          # a tail shorter than a vector; the threaded size
+@pytest.mark.parametrize("n", [1, 13, 70000, 70005])   # a tail shorter than a vector; threaded sizes
 def test_activation(use_tier, tier, kind, n):
     use_tier(tier)
     rng = np.random.default_rng(n)

@@ -4,27 +4,48 @@ from libc.math cimport sqrtf
 from libc.stdint cimport int64_t
 
 
+cdef inline double sum_squares(const float *x, int64_t n, double center) noexcept nogil:
+    """sum((x - center)^2) in double, in four interleaved partial sums: a single running sum waits on
+    the latency of every add."""
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, d0, d1, d2, d3
+    cdef int64_t i = 0
+    while i + 4 <= n:
+        d0 = x[i] - center
+        d1 = x[i + 1] - center
+        d2 = x[i + 2] - center
+        d3 = x[i + 3] - center
+        s0 += d0 * d0
+        s1 += d1 * d1
+        s2 += d2 * d2
+        s3 += d3 * d3
+        i += 4
+    while i < n:
+        d0 = x[i] - center
+        s0 += d0 * d0
+        i += 1
+    return (s0 + s1) + (s2 + s3)
+
+
 cdef void rms_norm(const float *x, float *out, const float *w, int64_t n, float eps) noexcept nogil:
-    cdef double ss = 0.0
-    cdef int64_t i
-    for i in range(n):
-        ss += <double> x[i] * x[i]
+    cdef double ss = sum_squares(x, n, 0.0)
     cdef float inv = 1.0 / sqrtf(<float> (ss / n) + eps)
+    cdef int64_t i
     for i in range(n):
         out[i] = x[i] * inv * w[i]
 
 
 cdef void layer_norm(const float *x, float *out, const float *w, const float *b, int64_t n, float eps) noexcept nogil:
-    cdef double mean = 0.0, var = 0.0, dx
-    cdef int64_t i
-    for i in range(n):
-        mean += x[i]
-    mean /= n
-    for i in range(n):
-        dx = x[i] - mean
-        var += dx * dx
-    cdef float inv = 1.0 / sqrtf(<float> (var / n) + eps)
+    cdef double m0 = 0.0, m1 = 0.0, mean
+    cdef int64_t i = 0
+    while i + 2 <= n:
+        m0 += x[i]
+        m1 += x[i + 1]
+        i += 2
+    if i < n:
+        m0 += x[i]
+    mean = (m0 + m1) / n
     cdef float fmean = <float> mean
+    cdef float inv = 1.0 / sqrtf(<float> (sum_squares(x, n, mean) / n) + eps)
     for i in range(n):
         out[i] = (x[i] - fmean) * inv * w[i] + (b[i] if b != NULL else 0.0)
 

@@ -25,17 +25,31 @@ LR_INLINE __m256 vm_exp256(__m256 x) {
     return _mm256_blendv_ps(v, _mm256_set1_ps(INFINITY), big);
 }
 
+/* Lane mask of the first n < 8 lanes: masked loads and stores only for a row's last partial vector (a
+ * masked 256-bit store costs about ten cycles on AMD Zen 2 and 3: on every vector it made the gated SiLU
+ * store-bound). */
+LR_INLINE __m256i vm_lanes_below(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+LR_INLINE __m256 vm_silu_mul256(__m256 g, __m256 u) {
+    const __m256 ex = vm_exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), ex)), u);
+}
+
 static void x86_silu_mul(const float *gu, int64_t ld, int64_t rows, int64_t ff, float *out, int64_t ldo) {
     LR_OMP(parallel for schedule(static) if (rows * ff >= LR_PAR_MIN_WORK))
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < ff; i += 8) {
-            const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)lr_min64(8, ff - i)),
-                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            const __m256 g = _mm256_maskload_ps(gu + r * ld + i, m), u = _mm256_maskload_ps(gu + r * ld + ff + i, m);
-            const __m256 ex = vm_exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
-            const __m256 s = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), ex));
-            _mm256_maskstore_ps(out + r * ldo + i, m, _mm256_mul_ps(s, u));
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = gu + r * ld, *u = g + ff;
+        float *o = out + r * ldo;
+        int64_t i = 0;
+        for (; i + 8 <= ff; i += 8)
+            _mm256_storeu_ps(o + i, vm_silu_mul256(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+        if (i < ff) {
+            const __m256i m = vm_lanes_below(ff - i);
+            _mm256_maskstore_ps(o + i, m, vm_silu_mul256(_mm256_maskload_ps(g + i, m), _mm256_maskload_ps(u + i, m)));
         }
+    }
 }
 
 /* 1 + erf(z) for z = x / sqrt 2, from Abramowitz & Stegun 7.1.26 (|error of erf| < 1.5e-7): with
@@ -73,11 +87,12 @@ LR_INLINE __m256 vm_activate256(__m256 v, int kind) {
 }
 
 static void x86_activate(float *x, int64_t n, int kind) {
+    const int64_t whole = n / 8 * 8;
     LR_OMP(parallel for schedule(static) if (n >= LR_PAR_MIN_WORK))
-    for (int64_t i = 0; i < n; i += 8) {
-        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)lr_min64(8, n - i)),
-                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        _mm256_maskstore_ps(x + i, m, vm_activate256(_mm256_maskload_ps(x + i, m), kind));
+    for (int64_t i = 0; i < whole; i += 8) _mm256_storeu_ps(x + i, vm_activate256(_mm256_loadu_ps(x + i), kind));
+    if (whole < n) {
+        const __m256i m = vm_lanes_below(n - whole);
+        _mm256_maskstore_ps(x + whole, m, vm_activate256(_mm256_maskload_ps(x + whole, m), kind));
     }
 }
 
