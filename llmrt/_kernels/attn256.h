@@ -8,9 +8,6 @@
 #define AT_KT 8
 typedef __m256 at_vf;
 
-LR_INLINE __m256i at_mask(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 LR_INLINE at_vf at_load_n(const void *base, int f16, int64_t i, int n) {
     if (f16) {
         const uint16_t *p = (const uint16_t *)base + i;
@@ -20,14 +17,16 @@ LR_INLINE at_vf at_load_n(const void *base, int f16, int64_t i, int n) {
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)part));
     }
     const float *p = (const float *)base + i;
-    return n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, at_mask(n));
+    return n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lr_lanes_below(n));
 }
 LR_INLINE at_vf at_loadu(const float *p) { return _mm256_loadu_ps(p); }
-LR_INLINE at_vf at_load_fn(const float *p, int n) { return n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, at_mask(n)); }
+LR_INLINE at_vf at_load_fn(const float *p, int n) {
+    return n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lr_lanes_below(n));
+}
 LR_INLINE void at_storeu(float *p, at_vf v) { _mm256_storeu_ps(p, v); }
 LR_INLINE void at_store_n(float *p, at_vf v, int n) {
     if (n == 8) _mm256_storeu_ps(p, v);
-    else _mm256_maskstore_ps(p, at_mask(n), v);
+    else _mm256_maskstore_ps(p, lr_lanes_below(n), v);
 }
 LR_INLINE at_vf at_zero(void) { return _mm256_setzero_ps(); }
 LR_INLINE at_vf at_set1(float f) { return _mm256_set1_ps(f); }

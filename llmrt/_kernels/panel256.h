@@ -96,15 +96,12 @@ LR_INLINE pn_vf pn_scales(const uint8_t *p, const int F16) {
     return F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)) : _mm256_loadu_ps((const float *)p);
 }
 LR_INLINE pn_vf pn_fadd(pn_vf a, pn_vf b) { return _mm256_add_ps(a, b); }
-LR_INLINE __m256i pn_lanes_below(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 LR_INLINE void pn_store(float *y, pn_vf v, int n) {
     if (n == PN_LANES) _mm256_storeu_ps(y, v);
-    else _mm256_maskstore_ps(y, pn_lanes_below(n), v);
+    else _mm256_maskstore_ps(y, lr_lanes_below(n), v);
 }
 LR_INLINE pn_vf pn_load_out(const float *y, int n) {
-    return n == PN_LANES ? _mm256_loadu_ps(y) : _mm256_maskload_ps(y, pn_lanes_below(n));
+    return n == PN_LANES ? _mm256_loadu_ps(y) : _mm256_maskload_ps(y, lr_lanes_below(n));
 }
 
 #if PN_INT4_IN_PLACE

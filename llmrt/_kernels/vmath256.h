@@ -25,13 +25,6 @@ LR_INLINE __m256 vm_exp256(__m256 x) {
     return _mm256_blendv_ps(v, _mm256_set1_ps(INFINITY), big);
 }
 
-/* Lane mask of the first n < 8 lanes: masked loads and stores only for a row's last partial vector (a
- * masked 256-bit store costs about ten cycles on AMD Zen 2 and 3: on every vector it made the gated SiLU
- * store-bound). */
-LR_INLINE __m256i vm_lanes_below(int64_t n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 LR_INLINE __m256 vm_silu_mul256(__m256 g, __m256 u) {
     const __m256 ex = vm_exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
     return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), ex)), u);
@@ -46,7 +39,7 @@ static void x86_silu_mul(const float *gu, int64_t ld, int64_t rows, int64_t ff, 
         for (; i + 8 <= ff; i += 8)
             _mm256_storeu_ps(o + i, vm_silu_mul256(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
         if (i < ff) {
-            const __m256i m = vm_lanes_below(ff - i);
+            const __m256i m = lr_lanes_below(ff - i);
             _mm256_maskstore_ps(o + i, m, vm_silu_mul256(_mm256_maskload_ps(g + i, m), _mm256_maskload_ps(u + i, m)));
         }
     }
@@ -91,7 +84,7 @@ static void x86_activate(float *x, int64_t n, int kind) {
     LR_OMP(parallel for schedule(static) if (n >= LR_PAR_MIN_WORK))
     for (int64_t i = 0; i < whole; i += 8) _mm256_storeu_ps(x + i, vm_activate256(_mm256_loadu_ps(x + i), kind));
     if (whole < n) {
-        const __m256i m = vm_lanes_below(n - whole);
+        const __m256i m = lr_lanes_below(n - whole);
         _mm256_maskstore_ps(x + whole, m, vm_activate256(_mm256_maskload_ps(x + whole, m), kind));
     }
 }
