@@ -324,6 +324,27 @@ def test_panel_kernels_rows_1_to_40(use_tier, tier, case):
     assert lin.layout == "panels"
 
 
+# Panels are handed to the threads in shrinking runs (a quarter of what is left per run with two threads,
+# at least 2 panels in decode, at least 2 n / 1024 panels): every panel computed once, whatever the thread
+# count, for a few panels up to a 32000-row output layer's 2000.
+@pytest.mark.parametrize("tier", sorted(PANEL_TIERS & set(TIERS)))
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+@pytest.mark.parametrize("n", [40, 2000 * 16 + 3])
+def test_panel_runs_cover_every_panel(use_tier, tier, threads, n):
+    use_tier(tier)
+    qs, d, m, x = qcase(64, n, 32, 9, 4, False)
+    lin = _ops.Linear.quantized(qs, d, m, 4, 32, compute="int8")
+    before = _ops.get_num_threads()
+    try:
+        _ops.set_num_threads(threads)
+        for rows in (1, 9):
+            kq, kd, ks = _ops.quantize_activations(x[:rows])
+            ref, mag = int8_ref(qs, d, m, 4, 32, kq, kd, ks)
+            assert_close(lin(x[:rows]), ref, mag, 1e-5)
+    finally:
+        _ops.set_num_threads(before)
+
+
 # Two-pass activations with a sparse residual: the value pass, then the rounding residual of only the
 # blocks whose step is over `above` times the row's mean step (zero elsewhere); the panel kernels visit
 # only the blocks some row of a tile keeps.  Rows 21 and 37 put a tile across the value/residual

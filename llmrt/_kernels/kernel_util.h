@@ -63,4 +63,23 @@ static inline int64_t lr_row_chunk(int64_t row_bytes, int64_t tile_rows) {
 static inline int64_t lr_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t lr_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* Splits n items into runs for the threads of a region to take in turn (schedule(dynamic, 1) over the runs):
+ * each run 1/(2 nt) of what is left, at least min_run items and 2 n / max_runs (so at most max_runs / 2 runs
+ * with any number of threads).
+ * Guided scheduling hands the first thread half the items at once, and when that thread streams its share
+ * slower (threads rarely get equal shares of the memory bandwidth) the other one waits out the difference at
+ * the end; quarter-sized first runs (two threads) leave only the small last runs to even out.  starts gets
+ * runs + 1 entries; returns the number of runs. */
+static inline int lr_runs(int64_t n, int64_t nt, int64_t min_run, int64_t *starts, int max_runs) {
+    const int64_t floor_len = lr_max64(min_run, (2 * n + max_runs - 1) / max_runs);
+    int r = 0;
+    for (int64_t at = 0; at < n;) {
+        const int64_t left = n - at;
+        starts[r++] = at;
+        at += lr_min64(left, lr_max64(floor_len, (left + 2 * nt - 1) / (2 * nt)));
+    }
+    starts[r] = n;
+    return r;
+}
+
 #endif

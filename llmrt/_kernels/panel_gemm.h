@@ -445,12 +445,15 @@ static void pn_pack_rows(const pn_ctx *c, int64_t r0, int64_t r1) {
 }
 
 /* Activation rows [r0, r1) x panels [p0, p1), panels split between the threads. */
+#define PN_MAX_RUNS 1024   /* 8 KiB of stack; the last runs at least 2 n / 1024 panels (4 of 2000) */
 static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     const lr_qmat *w = c->w;
     const pn_span_fn span = pn_pick(w);
     const int par = (double)(p1 - p0) * LR_PANEL * (double)(r1 - r0) * (double)w->k >= (double)LR_PAR_MIN_WORK;
-    (void)par;
     if (r1 <= r0 || p1 <= p0) return;
+    /* decode's panels take ~1 us each: runs of 2 at least keep the hand-outs a small part */
+    int64_t runs[PN_MAX_RUNS + 1];
+    const int nruns = lr_runs(p1 - p0, par ? lr_get_threads() : 1, r1 - r0 <= PN_RD ? 2 : 1, runs, PN_MAX_RUNS);
     LR_OMP(parallel if (par))
     {
         if (c->pq) {   /* the packed activations, bands shared out (the loop ends in a barrier) */
@@ -459,11 +462,12 @@ static void pn_run(const pn_ctx *c, int64_t r0, int64_t r1, int64_t p0, int64_t 
             for (int64_t i = r0 / band; i < (r1 + band - 1) / band; i++)
                 pn_pack_rows(c, lr_max64(i * band, r0), lr_min64((i + 1) * band, r1));
         }
-        /* panels handed out in shrinking runs (guided): threads rarely get equal shares of the memory
-         * bandwidth, so equal static shares would leave one waiting at the end of every layer, and
-         * small last runs keep that wait short */
-        LR_OMP(for schedule(guided, 2))
-        for (int64_t p = p0; p < p1; p++) span(c, r0, r1, p, p + 1);   /* a panel stays in L1/L2 over the rows */
+        /* panels handed out in shrinking runs (lr_runs): threads rarely get equal shares of the memory
+         * bandwidth, so equal static shares would leave one waiting at the end of every layer */
+        LR_OMP(for schedule(dynamic, 1))
+        for (int i = 0; i < nruns; i++)
+            for (int64_t p = p0 + runs[i]; p < p0 + runs[i + 1]; p++)
+                span(c, r0, r1, p, p + 1);   /* a panel stays in L1/L2 over the rows */
     }
 }
 
