@@ -133,7 +133,8 @@ def _need(t: Mapping[str, Stored], name: str) -> Stored:
 def _dense(t: Mapping[str, Stored], name: str) -> np.ndarray | None:
     if name not in t:
         return None
-    return np.asarray(t[name][0], dtype=np.float32)
+    # a copy: a view would keep the mapped file's pages around the vector resident (see done())
+    return np.array(t[name][0], dtype=np.float32)
 
 
 def _check_against_config(cfg: ModelConfig, t: Mapping[str, Stored]) -> None:
@@ -183,20 +184,28 @@ def _build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_
                   row_release: Callable[[list], tuple[Callable[[int, int], None], int] | None] | None,
                   tp: "TensorParallel | None" = None, plan: "ShardPlan | None" = None) -> Engine:
     def done(prefix: str) -> None:
+        # by now each array is repacked or copied (norms, biases), or a dense matrix read in place,
+        # whose pages come back when read
         if release is not None:
-            release([a for name, (a, f) in t.items() if name.startswith(prefix) and f is not None])
+            release([a for name, (a, f) in t.items() if name.startswith(prefix)])
 
     # the head and the embedding first: repacking the head is the largest transient of a load,
     # best taken while nothing else is resident
-    embed_w = fuse_rows([_need(t, "embed")])
     head_compute = head_compute or compute
     # a rank's head is its rows of the vocabulary: the embedding stays whole beside it
     untied = not cfg.tie_word_embeddings or plan is not None
-    if not untied:
+    embed_w = None
+    if not untied and head_compute == "int8" and _need(t, "embed")[1] is not None:
+        # panels straight from the stored blocks (no converted copy of the matrix beside them, at the
+        # load's largest repack), from which the tied embedding reads its rows
+        lm_head = embed = make_linear([_need(t, "embed")], head_compute, _bias(t, "lm_head.bias"))
+    elif not untied:
+        embed_w = fuse_rows([_need(t, "embed")])
         lm_head = linear_from(embed_w, head_compute, _bias(t, "lm_head.bias"))
         # a tied embedding reads its rows from the head's panels (one copy of the matrix)
         embed = lm_head if lm_head.layout == "panels" else linear_from(embed_w, compute, panels=False)
     else:
+        embed_w = fuse_rows([_need(t, "embed")])
         embed = linear_from(embed_w, compute, panels=False)   # read a row at a time: canonical layout
         lm_head = make_linear([t["lm_head.weight"]], head_compute, _bias(t, "lm_head.bias"))
     head_rows = cfg.vocab_size if plan is None else plan.vocab[1] - plan.vocab[0]
@@ -232,13 +241,12 @@ def _build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_
     embedder = Embedder(embed, cfg.hidden_size, max_chunk, project_in=project_in, positions=positions,
                         position_offset=spec.position_offset, norm_w=_dense(t, "emb_norm.weight"),
                         norm_b=_dense(t, "emb_norm.bias"), norm_eps=spec.norm_eps)
-    done("project_")
-    done("pos_embed")
     engine = Engine(hidden=cfg.hidden_size, spec=spec, layers=layers, embedder=embedder, lm_head=lm_head,
                     final_norm_w=_dense(t, "final_norm.weight"), final_norm_b=_dense(t, "final_norm.bias"),
                     project_out=project_out, max_chunk=max_chunk,
                     two_pass={"int8": "none", "auto": "down", "high": "all"}[two_pass],
                     tp=tp, vocab_splits=None if plan is None else plan.vocab_splits)
+    done("")   # the rest: the final norm, project_*, pos_embed
     if untied and row_release is not None:
         # an untied embedding is only read a row at a time: give its pages back as they are read
         planes = [embed_w] if isinstance(embed_w, np.ndarray) else [embed_w.qs, embed_w.d, embed_w.m]

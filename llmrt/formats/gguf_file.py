@@ -20,6 +20,7 @@ from llmrt.formats import _identity
 from llmrt.formats.blocks import QuantFormat
 from llmrt.formats.errors import ModelFileError, file_error
 from llmrt.formats.gguf_header import HeaderError, check_tensor_layout, parse_header
+from llmrt.formats.resident import drop_resident_pages
 
 __all__ = ["GGUFFile", "GGUFTensorInfo", "is_gguf_file", "unpermute_rotary_rows", "permute_rotary_rows"]
 
@@ -148,6 +149,8 @@ class GGUFFile:
             fmt = QuantFormat.gguf(_BLOCK_TYPES[t.ggml_type]) if t.ggml_type in _BLOCK_TYPES else None
             infos[t.name] = GGUFTensorInfo(t.name, t.ggml_type, shape, start, t.nbytes, fmt)
         self.tensor_info: dict[str, GGUFTensorInfo] = infos
+        # the header now lives in Python objects: its pages (a tokenizer's vocabulary: MiBs) can go
+        drop_resident_pages([self._data[:self.data_offset]])
 
     # ---- validation helpers
     def _check_preamble(self) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 
 from llmrt.config import ModelConfig
 from llmrt.errors import ConfigError, UnsupportedError
+from llmrt.formats.resident import drop_resident_pages
 # the typed field readers, imported by the families from here
 from llmrt.validation import (describe, field_bool, field_count, field_dict, field_float, field_int,  # noqa: F401
                               field_list, field_size, field_str, field_token_ids, named_source, rope_scaling,
@@ -311,10 +312,13 @@ def rename_tensors(family: str, cfg: ModelConfig, items: Iterable[tuple], layer_
                                    f"config switch llmrt does not implement, or another architecture)")
         if convert is not None:
             try:
-                arr = convert(internal, arr)
+                converted = convert(internal, arr)
             except ConfigError as exc:
                 exc.args = (f"tensor {name!r}: {exc.args[0]}",)
                 raise
+            if converted is not arr:   # a copy: the mapped file's pages it was read from are not needed
+                drop_resident_pages([arr])
+            arr = converted
         yield (internal, arr, *rest)
 
 
