@@ -194,18 +194,13 @@ def _build_engine(cfg: ModelConfig, t: Mapping[str, Stored], compute: str, head_
     head_compute = head_compute or compute
     # a rank's head is its rows of the vocabulary: the embedding stays whole beside it
     untied = not cfg.tie_word_embeddings or plan is not None
-    embed_w = None
-    if not untied and head_compute == "int8" and _need(t, "embed")[1] is not None:
-        # panels straight from the stored blocks (no converted copy of the matrix beside them, at the
-        # load's largest repack), from which the tied embedding reads its rows
-        lm_head = embed = make_linear([_need(t, "embed")], head_compute, _bias(t, "lm_head.bias"))
-    elif not untied:
-        embed_w = fuse_rows([_need(t, "embed")])
-        lm_head = linear_from(embed_w, head_compute, _bias(t, "lm_head.bias"))
-        # a tied embedding reads its rows from the head's panels (one copy of the matrix)
-        embed = lm_head if lm_head.layout == "panels" else linear_from(embed_w, compute, panels=False)
+    embed_part, embed_w = _need(t, "embed"), None
+    if not untied:
+        # one Linear is the head and the embedding, which reads its rows from the head's panels (or planes):
+        # packed like the layers, straight from the stored blocks (no converted copy beside the panels)
+        lm_head = embed = make_linear([embed_part], head_compute, _bias(t, "lm_head.bias"))
     else:
-        embed_w = fuse_rows([_need(t, "embed")])
+        embed_w = fuse_rows([embed_part])
         embed = linear_from(embed_w, compute, panels=False)   # read a row at a time: canonical layout
         lm_head = make_linear([t["lm_head.weight"]], head_compute, _bias(t, "lm_head.bias"))
     head_rows = cfg.vocab_size if plan is None else plan.vocab[1] - plan.vocab[0]
